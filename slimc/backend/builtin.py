@@ -1,0 +1,3 @@
+"""Importing this module registers the backends that ship with slimc."""
+
+from . import onnxruntime, torch_eager  # noqa: F401

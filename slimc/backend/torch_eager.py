@@ -1,0 +1,57 @@
+"""The torch backend: the FX-level module itself, run eagerly (the reference; stays trainable)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ..ir.onnx_io import atomic_write
+from ..ir.runner import run_torch
+from .base import Artifact, Backend, register_backend
+
+__all__ = ["TorchBackend", "TorchArtifact"]
+
+
+class TorchArtifact(Artifact):
+    backend: ClassVar[str] = "torch"
+
+    def __init__(self, module, example_inputs):
+        self.module = module
+        self.example_inputs = tuple(example_inputs)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return run_torch(self.module, inputs)
+
+    def sample_inputs(self) -> list[np.ndarray]:
+        return [t.detach().cpu().numpy() for t in self.example_inputs]
+
+    def describe(self) -> dict:
+        import torch
+
+        return {"backend": self.backend, "torch": torch.__version__}
+
+    def save(self, path) -> str:
+        """The whole module pickled with torch.save (`torch.load(path, weights_only=False)` reads it)."""
+        import torch
+
+        path = Path(path)
+        if path.suffix not in (".pt", ".pth"):
+            path = path / "model.pt"
+        atomic_write(path, lambda tmp: torch.save(self.module, tmp))
+        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(self.describe(), indent=2)))
+        self.path = str(path)
+        return self.path
+
+
+@register_backend
+@dataclass(frozen=True)
+class TorchBackend(Backend):
+    name: ClassVar[str] = "torch"
+    consumes: ClassVar[str] = "fx"
+
+    def build(self, program) -> TorchArtifact:
+        return TorchArtifact(program.ir, program.example_inputs)

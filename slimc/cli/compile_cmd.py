@@ -1,0 +1,70 @@
+"""`slimc compile`: model spec in, backend artifact + report out."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import add_model_args, add_pipeline_args, human, pipeline_text, print_pass_table
+
+DEFAULT = "fuse-bn,to-onnx,simplify"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model through a pass pipeline to a backend",
+                       description="Compile a model through a pass pipeline and build it for a backend.")
+    add_model_args(p)
+    add_pipeline_args(p, DEFAULT)
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), torch, ...")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backend option, e.g. threads=2 or optimization=basic (repeatable)")
+    p.add_argument("--output-dir", "-o", help="directory for the artifact")
+    p.add_argument("--report", help="write the JSON report to this file")
+    p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
+                   help="time the artifact over ITERS runs after compiling")
+    p.set_defaults(run=run)
+
+
+def _backend_options(items: list[str]) -> dict:
+    from ..errors import SlimcError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SlimcError(f"--backend-option '{item}' is not KEY=VALUE.")
+        out[key.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compiler import compile
+    from ..passes.pipeline import Pipeline
+
+    text = pipeline_text(args, DEFAULT)
+    if args.print_pipeline:
+        print(Pipeline.parse(text).print())
+    result = compile(args.model, pipeline=text, backend=args.backend, input_shapes=args.input_shape,
+                     dynamic_batch=args.dynamic_batch, leaf_modules=args.leaf_module,
+                     backend_options=_backend_options(args.backend_option), output_dir=args.output_dir,
+                     report_path=args.report, dump_ir=args.dump_ir, dump_ir_changed_only=args.dump_ir_changed_only,
+                     verify_each=args.verify_each, benchmark_iters=args.benchmark)
+    r = result.report
+    print(f"pipeline: {r['pipeline']}")
+    print_pass_table(r)
+    b, a = r["before"], r["after"]
+    print(f"params {human(b['params'])} -> {human(a['params'])}   MACs {human(b['macs'])} -> {human(a['macs'])}   "
+          f"nodes {b['nodes']} -> {a['nodes']}")
+    fid = r["fidelity"] or {}
+    if "max_abs_err" in fid:
+        top1 = "-" if fid["top1_agreement"] is None else f"{fid['top1_agreement']:.3f}"
+        print(f"fidelity vs original ({fid['samples']} random inputs): max abs err {fid['max_abs_err']:.3g}, "
+              f"rel err {fid['rel_err']:.3g}, cosine {fid['cosine']:.6f}, top-1 agreement {top1}")
+    if r.get("benchmark"):
+        bench = r["benchmark"]
+        print(f"latency on {args.backend}: median {bench['median_ms']:.2f} ms, p90 {bench['p90_ms']:.2f} ms")
+    if r["artifact"]:
+        print(f"artifact ({args.backend}): {r['artifact']}")
+    if args.report:
+        print(f"report: {args.report}")
+    print(f"compiled in {r['seconds']:.2f} s")
+    return 0

@@ -1,0 +1,166 @@
+"""`slimc.compile`: model in, pipeline run, backend artifact and report out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .backend.base import Artifact, get_backend
+from .errors import SlimcError
+from .frontend.inputs import example_inputs_from
+from .frontend.specs import describe_source, load_model
+from .frontend.trace import check_inputs_fit, trace_module
+from .ir.fidelity import fidelity
+from .ir.onnx_io import atomic_write
+from .ir.program import Program
+from .ir.runner import run_ir
+from .ir.stats import stats_of
+from .passes.manager import Instrumentation, PassManager, PassRecord
+from .passes.pipeline import Pipeline
+
+__all__ = ["compile", "CompileResult", "load_program"]
+
+DEFAULT_PIPELINE = "fuse-bn,to-onnx,simplify"
+
+
+@dataclass
+class CompileResult:
+    """What `compile` returns.
+
+    module:   the nn.Module after the FX-level passes (trainable), or None for an ONNX input
+    onnx:     the final onnx.ModelProto, or None when the pipeline stayed at FX level
+    artifact: the backend's compiled model (run/save/benchmark), or None without a backend
+    report:   the same data as report.json
+    """
+
+    program: Program
+    module: Any
+    onnx: Any
+    artifact: Artifact | None
+    report: dict
+    records: list[PassRecord] = field(default_factory=list)
+
+
+def load_program(model, example_inputs=None, *, input_shapes: Sequence[str] | None = None,
+                 dynamic_batch: bool = False, leaf_modules: Sequence = ()) -> Program:
+    """Resolve the model, fix its inputs, trace it (torch) or check it (ONNX) into a Program."""
+    import onnx
+
+    loaded = load_model(model)
+    source = describe_source(model)
+    examples = example_inputs_from(example_inputs, input_shapes)
+    if isinstance(loaded, onnx.ModelProto):
+        return _onnx_program(loaded, examples, dynamic_batch, source)
+    if not examples:
+        raise SlimcError(
+            "slimc needs the input shapes of a PyTorch model: pass example inputs in Python "
+            "(slimc.compile(model, torch.randn(1, 3, 224, 224))) or --input-shape 1x3x224x224 on the command line."
+        )
+    outputs = check_inputs_fit(loaded, examples)
+    gm = trace_module(loaded, leaf_modules)
+    in_names = ("input",) if len(examples) == 1 else tuple(f"input{i}" for i in range(len(examples)))
+    out_names = ("output",) if len(outputs) == 1 else tuple(f"output{i}" for i in range(len(outputs)))
+    return Program(gm, examples, in_names, out_names, dynamic_batch, original=loaded, source=source)
+
+
+def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
+    import numpy as np
+    import torch
+    from onnx import helper
+
+    init = {t.name for t in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in init]
+    if not examples:
+        tensors = []
+        for i in graph_inputs:
+            tt = i.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
+            np_dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            tensors.append(torch.from_numpy(np.zeros(dims, dtype=np_dtype)))
+        examples = example_inputs_from(tensors)
+    elif len(examples) != len(graph_inputs):
+        raise SlimcError(f"the ONNX model has {len(graph_inputs)} inputs "
+                         f"({', '.join(i.name for i in graph_inputs)}), but {len(examples)} input shapes were given.")
+    names = tuple(i.name for i in graph_inputs)
+    outs = tuple(o.name for o in model.graph.output)
+    program = Program(model, examples, names, outs, dynamic_batch, original=model, source=source)
+    try:
+        program.run([t.numpy() for t in examples])
+    except SlimcError as exc:
+        raise SlimcError(f"the ONNX model does not run on the given input shapes: {exc}") from None
+    return program
+
+
+def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DEFAULT_PIPELINE,
+            backend: str | None = "onnxruntime", *, input_shapes: Sequence[str] | None = None,
+            dynamic_batch: bool = False, leaf_modules: Sequence = (), backend_options: dict | None = None,
+            output_dir: str | Path | None = None, report_path: str | Path | None = None,
+            dump_ir: str | Path | None = None, dump_ir_changed_only: bool = False, verify_each: bool = False,
+            fidelity_samples: int = 8, benchmark_iters: int = 0, on_pass: Callable | None = None) -> CompileResult:
+    """Compile a model through a pass pipeline to a backend.
+
+    Example::
+
+        result = slimc.compile(torchvision.models.resnet18(), torch.randn(1, 3, 224, 224),
+                               pipeline="fuse-bn,to-onnx,simplify", backend="onnxruntime")
+        result.artifact.run([x.numpy()]); result.artifact.save("out/model.onnx")
+
+    model: an nn.Module, 'torchvision:NAME', 'file.py:factory', or a path to an .onnx file.
+    backend: 'onnxruntime', 'torch', ... or None for no artifact (the IR only).
+    benchmark_iters: when > 0, time the artifact and put median/p90 ms in the report.
+    """
+    started = time.perf_counter()
+    pipe = Pipeline.coerce(pipeline)
+    target = get_backend(backend, **(backend_options or {})) if backend else None
+    if output_dir is not None:
+        _check_writable(Path(output_dir))
+    program = load_program(model, example_inputs, input_shapes=input_shapes, dynamic_batch=dynamic_batch,
+                           leaf_modules=leaf_modules)
+    end_level = target.consumes if target else None
+    if end_level == "fx" and any(p.output_level == "onnx" for p in pipe):
+        raise SlimcError(f"backend '{backend}' runs the FX-level module, but the pipeline lowers to ONNX; "
+                         "drop the ONNX passes or choose an ONNX backend such as onnxruntime.")
+    lowered = pipe.lowered(program.level, end_level)
+    before = stats_of(program.ir, program.example_inputs)
+    inst = Instrumentation(dump_ir=Path(dump_ir) if dump_ir else None, dump_ir_changed_only=dump_ir_changed_only,
+                           verify_each=verify_each, on_pass=on_pass)
+    final, records = PassManager(lowered, inst).run(program)
+    artifact = target.build(final) if target else None
+    saved = artifact.save(Path(output_dir)) if (artifact and output_dir is not None) else None
+    after = records[-1].stats if records else before
+    run_final = artifact.run if artifact else (lambda xs: run_ir(final.ir, xs))
+    fid = fidelity(lambda xs: run_ir(program.original, xs), run_final,
+                   [program.random_inputs(seed=100 + i) for i in range(fidelity_samples)]) if fidelity_samples else None
+    report = {
+        "source": program.source,
+        "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+                   for n, t in zip(program.input_names, program.example_inputs)],
+        "pipeline": lowered.print(),
+        "passes": [r.as_dict() for r in records],
+        "before": before.as_dict(with_ops=True),
+        "after": after.as_dict(with_ops=True),
+        "fidelity": fid,
+        "backend": artifact.describe() if artifact else None,
+        "artifact": saved,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if artifact is not None and benchmark_iters > 0:
+        report["benchmark"] = artifact.benchmark(iters=benchmark_iters).as_dict()
+    if report_path is not None:
+        atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    module = final.ir if final.level == "fx" else final.metadata.get("fx_module")
+    return CompileResult(final, module, final.ir if final.level == "onnx" else None, artifact, report, records)
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".slimc-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SlimcError(f"output directory '{directory}' cannot be written: {exc.strerror}. "
+                         "Choose another --output-dir.") from None

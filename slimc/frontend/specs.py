@@ -1,0 +1,120 @@
+"""Model specs: how a user names a model.
+
+* an `nn.Module` object (deep-copied: the caller's module is never changed)
+* `"torchvision:resnet50"`: a torchvision model with random weights (nothing is downloaded)
+* `"path/to/file.py:factory"`: a callable in a Python file that returns an `nn.Module`
+* `"model.onnx"` / `"model.onnxtxt"`: an ONNX model
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlimcError, closest
+
+__all__ = ["load_model", "describe_source"]
+
+
+def describe_source(model: Any) -> str:
+    return model if isinstance(model, str) else type(model).__name__
+
+
+def load_model(model: Any):
+    """Resolve a model spec to a private `nn.Module` (eval mode) or an `onnx.ModelProto`."""
+    import onnx
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        try:
+            return copy.deepcopy(model).eval()
+        except Exception as exc:
+            raise SlimcError(
+                f"cannot copy the {type(model).__name__} module ({exc}); slimc works on a private copy so your "
+                "module is never changed. Make it deep-copyable (no open files or locks as attributes)."
+            ) from None
+    if isinstance(model, onnx.ModelProto):
+        return copy.deepcopy(model)
+    if not isinstance(model, (str, Path)):
+        raise SlimcError(
+            f"slimc cannot compile a {type(model).__name__}: give an nn.Module, an onnx.ModelProto, "
+            "'torchvision:NAME', 'file.py:factory' or a path to an .onnx file."
+        )
+    spec = str(model)
+    if spec.endswith((".onnx", ".onnxtxt")):
+        from ..ir.onnx_io import load_onnx
+
+        return load_onnx(spec)
+    if spec.startswith("torchvision:"):
+        return _torchvision(spec.split(":", 1)[1])
+    if ":" in spec and spec.rsplit(":", 1)[0].endswith(".py"):
+        path, factory = spec.rsplit(":", 1)
+        return _from_factory(Path(path), factory)
+    if spec.endswith((".pt", ".pth")):
+        return _from_pickle(Path(spec))
+    raise SlimcError(
+        f"'{spec}' is not a model spec slimc understands. Use 'torchvision:NAME' (e.g. torchvision:resnet50), "
+        "'path/to/file.py:factory' (a function returning an nn.Module), or a path to a .onnx file."
+    )
+
+
+def _torchvision(name: str):
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        raise SlimcError(
+            f"torchvision has no model '{name}'{closest(name, known)}. "
+            "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them."
+        )
+    # weights=None: random weights, so nothing is downloaded at compile time.
+    return torchvision.models.get_model(name, weights=None).eval()
+
+
+def _from_factory(path: Path, factory: str):
+    import torch
+
+    if not path.is_file():
+        raise SlimcError(f"model file '{path}' does not exist (from the spec '{path}:{factory}').")
+    module_name = f"_slimc_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod  # lets pickling and dataclasses in the user's file work
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as exc:
+        raise SlimcError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(mod, factory, None)
+    if fn is None or not callable(fn):
+        names = [n for n in vars(mod) if callable(getattr(mod, n)) and not n.startswith("_")]
+        raise SlimcError(f"'{path}' has no callable '{factory}'{closest(factory, names)}.")
+    try:
+        built = fn()
+    except Exception as exc:
+        raise SlimcError(f"'{path}:{factory}()' raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(built, torch.nn.Module):
+        raise SlimcError(
+            f"'{path}:{factory}()' returned a {type(built).__name__}, not a torch.nn.Module. "
+            "The factory must build and return the model."
+        )
+    return built.eval()
+
+
+def _from_pickle(path: Path):
+    import torch
+
+    if not path.is_file():
+        raise SlimcError(f"model file '{path}' does not exist.")
+    try:
+        obj = torch.load(str(path), weights_only=False, map_location="cpu")
+    except Exception as exc:
+        raise SlimcError(f"cannot load '{path}' with torch.load: {exc}") from None
+    if not isinstance(obj, torch.nn.Module):
+        raise SlimcError(
+            f"'{path}' holds a {type(obj).__name__}, not a pickled nn.Module (a state_dict needs the model's "
+            "code: use 'file.py:factory' instead)."
+        )
+    return obj.eval()

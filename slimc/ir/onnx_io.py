@@ -1,0 +1,126 @@
+"""Reading and writing ONNX models: binary `.onnx`, the text syntax `.onnxtxt`, external data.
+
+Writes are atomic (temporary file + rename), so an interrupted run never leaves a half-written
+model where the user expects one. Weights go to an external `.data` file when the model is too
+large for one protobuf (2 GiB) or when asked, as for the IR dumps.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import SlimcError
+
+__all__ = ["load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
+
+PROTOBUF_LIMIT = 2**31 - 1
+_EXTERNAL_THRESHOLD = 1024
+
+
+def model_size_bytes(model) -> int:
+    return model.ByteSize()
+
+
+def load_onnx(path: str | os.PathLike):
+    """Load an `.onnx` (with its external data) or `.onnxtxt` file, or fail with a clear message."""
+    import onnx
+    import onnx.external_data_helper as edh
+
+    path = Path(path)
+    if not path.is_file():
+        raise SlimcError(f"ONNX file '{path}' does not exist.")
+    try:
+        if path.suffix == ".onnxtxt":
+            model = onnx.parser.parse_model(path.read_text())
+            edh.load_external_data_for_model(model, str(path.parent))
+        else:
+            model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, parser errors, missing external data
+        raise SlimcError(
+            f"cannot read '{path}' as an ONNX model: {str(exc).strip() or type(exc).__name__}. "
+            "The file may be truncated or not an ONNX model; re-export it (torch.onnx.export) and try again."
+        ) from None
+    if not len(model.graph.node) and not len(model.graph.output):
+        raise SlimcError(f"'{path}' holds no ONNX graph (no nodes, no outputs); it is probably not an ONNX model.")
+    try:
+        onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
+    except Exception as exc:
+        raise SlimcError(f"'{path}' is not a valid ONNX model: {str(exc).splitlines()[0]}") from None
+    return model
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call `write(tmp_path)` then move the temporary file onto `path` in one rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None) -> Path:
+    """Save atomically; weights go to `<name>.data` beside it when `external_data` (default: only over 2 GiB).
+
+    The caller's model is never modified (external-data conversion works on a copy).
+    """
+    import onnx
+
+    path = Path(path)
+    if external_data is None:
+        external_data = model_size_bytes(model) >= PROTOBUF_LIMIT
+    if not external_data:
+        atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
+        return path
+    data_name = path.name + ".data"
+    staged = copy.deepcopy(model)
+    tmp_dir = tempfile.mkdtemp(dir=_writable_parent(path), prefix=".slimc-")
+    try:
+        onnx.save_model(staged, os.path.join(tmp_dir, path.name), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=data_name, size_threshold=_EXTERNAL_THRESHOLD)
+        data_tmp = os.path.join(tmp_dir, data_name)
+        if os.path.exists(data_tmp):
+            os.replace(data_tmp, path.parent / data_name)
+        os.replace(os.path.join(tmp_dir, path.name), path)
+    finally:
+        for leftover in Path(tmp_dir).iterdir():
+            leftover.unlink()
+        os.rmdir(tmp_dir)
+    return path
+
+
+def save_onnx_text(model, path: str | os.PathLike) -> Path:
+    """Write the ONNX text syntax (`onnx.printer`) with weights in `<stem>.onnx.data` beside it.
+
+    The text stays small and readable; `load_onnx` reads it back with its weights.
+    Also writes `<stem>.onnx` (for Netron) sharing the same data file.
+    """
+    import onnx
+
+    path = Path(path)
+    binary = path.with_suffix(".onnx")
+    staged = copy.deepcopy(model)
+    save_onnx(staged, binary, external_data=True)
+    # Reload the header only (not the weights): its tensors carry the external-data offsets.
+    header = onnx.load(str(binary), load_external_data=False)
+    text = onnx.printer.to_text(header)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def _writable_parent(path: Path) -> str:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
+    return str(path.parent)

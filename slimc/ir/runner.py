@@ -1,0 +1,61 @@
+"""Reference execution of either IR level on numpy inputs, and random inputs for checks."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["random_like", "run_ir", "run_torch", "run_onnx", "flatten_outputs"]
+
+
+def random_like(examples, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:
+    """Random arrays shaped like `examples` (tensors or arrays); integer inputs stay in a small range."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ex in examples:
+        arr = ex.detach().cpu().numpy() if hasattr(ex, "detach") else np.asarray(ex)
+        shape = list(arr.shape)
+        if batch is not None and shape:
+            shape[0] = batch
+        if np.issubdtype(arr.dtype, np.floating):
+            out.append(rng.standard_normal(shape).astype(arr.dtype))
+        elif arr.dtype == np.bool_:
+            out.append(rng.integers(0, 2, shape).astype(np.bool_))
+        else:
+            hi = max(int(arr.max()) + 1, 2) if arr.size else 2
+            out.append(rng.integers(0, hi, shape).astype(arr.dtype))
+    return out
+
+
+def flatten_outputs(value) -> list:
+    """Outputs of a torch module as a flat list (tuples, lists and dicts are walked in order)."""
+    if isinstance(value, (tuple, list)):
+        return [x for v in value for x in flatten_outputs(v)]
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in flatten_outputs(v)]
+    return [value]
+
+
+def run_torch(module, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import torch
+
+    with torch.no_grad():
+        outs = module(*[torch.from_numpy(np.ascontiguousarray(a)) for a in inputs])
+    return [o.detach().cpu().numpy() for o in flatten_outputs(outs)]
+
+
+def run_onnx(model, inputs: Sequence[np.ndarray], input_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    from ..backend.onnxruntime import session_for
+
+    sess = session_for(model)
+    names = [i.name for i in sess.get_inputs()]
+    return sess.run(None, dict(zip(names, inputs)))
+
+
+def run_ir(ir: Any, inputs: Sequence[np.ndarray], input_names=None) -> list[np.ndarray]:
+    from .program import level_of
+
+    if level_of(ir) == "fx":
+        return run_torch(ir, inputs)
+    return run_onnx(ir, inputs, input_names)

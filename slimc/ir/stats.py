@@ -1,0 +1,218 @@
+"""Size and cost statistics for both IR levels: parameters, MACs, node count, op histogram.
+
+MACs are counted for the example inputs as given (batch included), from shapes: FX by
+propagating the example inputs, ONNX by shape inference. Each level keeps a small table of
+per-op MAC formulas; ops not in a table count zero (they are memory-bound, not MAC-bound).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["Stats", "fx_stats", "onnx_stats", "stats_of"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    params: int
+    macs: int
+    nodes: int
+    ops: dict = field(default_factory=dict)
+
+    def as_dict(self, with_ops: bool = False) -> dict:
+        out = {"params": self.params, "macs": self.macs, "nodes": self.nodes}
+        if with_ops:
+            out["ops"] = dict(self.ops)
+        return out
+
+
+def stats_of(ir, example_inputs=()) -> Stats:
+    from .program import level_of
+
+    return fx_stats(ir, example_inputs) if level_of(ir) == "fx" else onnx_stats(ir)
+
+
+# ---- FX ------------------------------------------------------------------------------
+
+def _numel(shape) -> int:
+    return int(math.prod(shape))
+
+
+def _conv_macs(mod, inp, out) -> int:
+    return _numel(out.shape) * (mod.in_channels // mod.groups) * _numel(mod.kernel_size)
+
+
+def _conv_transpose_macs(mod, inp, out) -> int:
+    return _numel(inp.shape) * (mod.out_channels // mod.groups) * _numel(mod.kernel_size)
+
+
+def _linear_macs(mod, inp, out) -> int:
+    return _numel(out.shape) * mod.in_features
+
+
+def _mha_macs(mod, inp, out) -> int:
+    # Projections of q, k, v and the output, plus the two attention matmuls (scores and mix).
+    tokens = _numel(inp.shape[:-1])
+    seq = inp.shape[0] if not getattr(mod, "batch_first", False) else inp.shape[1]
+    e = mod.embed_dim
+    return tokens * e * e * 4 + 2 * tokens * seq * e
+
+
+def _module_table():
+    import torch.nn as nn
+
+    return {
+        nn.Conv1d: _conv_macs, nn.Conv2d: _conv_macs, nn.Conv3d: _conv_macs,
+        nn.ConvTranspose1d: _conv_transpose_macs, nn.ConvTranspose2d: _conv_transpose_macs,
+        nn.ConvTranspose3d: _conv_transpose_macs,
+        nn.Linear: _linear_macs, nn.MultiheadAttention: _mha_macs,
+    }
+
+
+def _matmul_macs(args, out) -> int:
+    a = args[0]
+    k = a.shape[-1] if getattr(a, "dim", lambda: 0)() > 0 else 1
+    return _numel(out.shape) * k
+
+
+def _f_linear_macs(args, out) -> int:
+    return _numel(out.shape) * args[0].shape[-1]
+
+
+def _f_conv_macs(args, out) -> int:
+    w = args[1]
+    return _numel(out.shape) * _numel(w.shape[1:])
+
+
+def _function_table():
+    import torch
+    import torch.nn.functional as F
+
+    return {
+        torch.matmul: _matmul_macs, operator.matmul: _matmul_macs, torch.bmm: _matmul_macs,
+        torch.mm: _matmul_macs, F.linear: _f_linear_macs,
+        F.conv1d: _f_conv_macs, F.conv2d: _f_conv_macs, F.conv3d: _f_conv_macs,
+    }
+
+
+def _op_name(gm, node) -> str:
+    if node.op == "call_module":
+        return type(gm.get_submodule(node.target)).__name__
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    return str(node.target)
+
+
+def fx_stats(gm, example_inputs=()) -> Stats:
+    """Statistics of a torch module (an FX GraphModule gets MACs and an op histogram)."""
+    import torch
+    import torch.fx
+
+    params = sum(p.numel() for p in gm.parameters())
+    if not isinstance(gm, torch.fx.GraphModule):
+        return Stats(params, 0, 0, {})
+    calls = [n for n in gm.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+    ops = Counter(_op_name(gm, n) for n in calls)
+    macs = _fx_macs(gm, example_inputs) if example_inputs else 0
+    return Stats(params, macs, len(calls), dict(ops.most_common()))
+
+
+def _fx_macs(gm, example_inputs) -> int:
+    """Run the graph once, node by node, and apply the MAC table to each node's real tensors."""
+    import torch
+    import torch.fx
+
+    modules, functions = _module_table(), _function_table()
+    total = 0
+
+    class _Counter(torch.fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            nonlocal total
+            out = super().call_module(target, args, kwargs)
+            mod = self.module.get_submodule(target)
+            fn = modules.get(type(mod))
+            if fn is not None and args and isinstance(args[0], torch.Tensor):
+                first = out[0] if isinstance(out, tuple) else out
+                total += fn(mod, args[0], first)
+            return out
+
+        def call_function(self, target, args, kwargs):
+            nonlocal total
+            out = super().call_function(target, args, kwargs)
+            fn = functions.get(target)
+            if fn is not None and isinstance(out, torch.Tensor):
+                total += fn(args, out)
+            return out
+
+    with torch.no_grad():
+        _Counter(gm).run(*example_inputs)
+    return int(total)
+
+
+# ---- ONNX ----------------------------------------------------------------------------
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def onnx_stats(model) -> Stats:
+    """Statistics of an onnx.ModelProto; MACs need static shapes (shape inference fills them)."""
+    import onnx
+
+    graph = model.graph
+    params = sum(_numel(t.dims) for t in graph.initializer if t.data_type in _FLOAT_TYPES)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type in _FLOAT_TYPES and _numel(a.t.dims) > 1:
+                    params += _numel(a.t.dims)
+    ops = Counter(n.op_type for n in graph.node)
+    return Stats(params, _onnx_macs(model), len(graph.node), dict(ops.most_common()))
+
+
+def _shapes(model) -> dict[str, tuple]:
+    import onnx
+
+    try:
+        if model.ByteSize() < 2**31 - 1:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        else:
+            inferred = model
+    except Exception:  # a graph shape inference cannot handle still gets params and nodes
+        inferred = model
+    shapes = {}
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+    for t in g.initializer:
+        shapes[t.name] = tuple(t.dims)
+    return shapes
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def _onnx_macs(model) -> int:
+    shapes = _shapes(model)
+    total = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0]) if node.output else None
+        if node.op_type in ("Conv", "ConvTranspose"):
+            w = shapes.get(node.input[1])
+            ref = out if node.op_type == "Conv" else shapes.get(node.input[0])
+            if _known(w) and _known(ref):
+                if node.op_type == "Conv":
+                    total += _numel(ref) * _numel(w[1:])
+                else:  # each input element meets out_channels/groups * kernel weights
+                    total += _numel(ref) * _numel(w[1:])
+        elif node.op_type in ("MatMul", "Gemm"):
+            a = shapes.get(node.input[0])
+            if _known(out) and _known(a):
+                trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+                k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
+                total += _numel(out) * k
+    return int(total)

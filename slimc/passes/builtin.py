@@ -1,0 +1,5 @@
+"""Importing this module registers the passes that ship with slimc."""
+
+from . import lower  # noqa: F401
+from .fx import fuse_bn  # noqa: F401
+from .onnx import dedupe_weights, eliminate_dead, fold_constants, simplify  # noqa: F401

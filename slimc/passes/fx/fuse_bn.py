@@ -1,0 +1,85 @@
+"""`fuse-bn`: fold an eval-mode BatchNorm into the conv or linear layer that feeds it.
+
+y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta is again a conv with scaled weights and
+a new bias, so the BatchNorm node disappears. Grouped and depthwise convs fold the same way
+(BatchNorm is per output channel). The conv's output must feed only the BatchNorm.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..registry import Pass, PassResult, register_pass
+
+__all__ = ["FuseBN"]
+
+
+def _fusable_pairs(gm):
+    import torch.nn as nn
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), bns):
+            continue
+        src = node.args[0] if node.args else None
+        if getattr(src, "op", None) != "call_module" or len(src.users) != 1:
+            continue
+        producer, bn = modules[src.target], modules[node.target]
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue  # batch statistics at inference: nothing fixed to fold
+        if isinstance(producer, convs) or (isinstance(producer, nn.Linear) and _is_2d(src)):
+            yield src, node, producer, bn
+
+
+def _is_2d(node) -> bool:
+    # BatchNorm1d normalises dim 1: that is the linear layer's features only for [N, C] outputs.
+    meta = node.meta.get("tensor_meta")
+    return meta is not None and len(meta.shape) == 2
+
+
+@register_pass
+@dataclass(frozen=True)
+class FuseBN(Pass):
+    """Fold BatchNorm into the preceding Conv/ConvTranspose (any groups) or Linear ([N, C] outputs)."""
+
+    name: ClassVar[str] = "fuse-bn"
+    level: ClassVar[str] = "fx"
+    lossless: ClassVar[bool] = True
+    summary: ClassVar[str] = "fold BatchNorm into the preceding conv/linear"
+
+    def apply(self, program) -> PassResult:
+        import torch
+        import torch.nn as nn
+        from torch.fx.passes.shape_prop import ShapeProp
+        from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+        gm = copy.deepcopy(program.ir).eval()
+        if any(isinstance(m, nn.Linear) for m in gm.modules()) and program.example_inputs:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(*program.example_inputs)
+        fused = []
+        for src, bn_node, producer, bn in list(_fusable_pairs(gm)):
+            if isinstance(producer, nn.Linear):
+                new = fuse_linear_bn_eval(producer, bn)
+            else:
+                new = fuse_conv_bn_eval(producer, bn, transpose=isinstance(producer, nn.modules.conv._ConvTransposeNd))
+            _set_submodule(gm, src.target, new)
+            bn_node.replace_all_uses_with(src)
+            gm.graph.erase_node(bn_node)
+            fused.append(f"{bn_node.target} -> {src.target}")
+        if not fused:
+            return PassResult(program, changed=False, details={"fused": 0})
+        gm.delete_all_unused_submodules()
+        gm.graph.lint()
+        gm.recompile()
+        return PassResult(program.with_ir(gm), changed=True, details={"fused": len(fused), "pairs": fused})
+
+
+def _set_submodule(root, qualname: str, new) -> None:
+    parent_name, _, attr = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)

@@ -1,0 +1,176 @@
+"""Running a pipeline over a Program, with instrumentation.
+
+Per pass: wall time, whether it changed the IR, statistics after it; optionally the IR dumped
+after each pass, a numerical check of every lossless pass (`verify_each`), and, when a pass
+raises, a reproducer directory that `slimc opt` replays.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import SlimcError
+from ..ir.program import Program
+from ..ir.stats import Stats, stats_of
+from .pipeline import Pipeline
+from .registry import Pass
+
+__all__ = ["Instrumentation", "PassRecord", "PassManager", "VerificationError", "PassFailed", "outputs_close"]
+
+
+class VerificationError(SlimcError):
+    """A lossless pass changed the model's outputs beyond tolerance."""
+
+
+class PassFailed(SlimcError):
+    """A pass raised; the message names it and the reproducer written for it."""
+
+
+@dataclass(frozen=True)
+class Instrumentation:
+    """What the pass manager records and checks around each pass.
+
+    dump_ir:              directory for the IR after each pass (None: no dumps)
+    dump_ir_changed_only: skip dumps of passes that changed nothing
+    verify_each:          run each lossless pass's input and output on the same random inputs
+    rtol, atol:           tolerance of that check, relative to the largest reference output
+    reproducer_dir:       where to write a reproducer when a pass raises (None: a new temp dir)
+    on_pass:              called with each PassRecord as it completes (progress printing)
+    """
+
+    dump_ir: Path | None = None
+    dump_ir_changed_only: bool = False
+    verify_each: bool = False
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    reproducer_dir: Path | None = None
+    on_pass: Callable | None = None
+
+
+@dataclass
+class PassRecord:
+    name: str
+    level: str
+    lossless: bool
+    seconds: float
+    changed: bool
+    stats: Stats
+    details: dict = field(default_factory=dict)
+    max_abs_err: float | None = None
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "level": self.level, "lossless": self.lossless, "seconds": round(self.seconds, 4),
+               "changed": self.changed, "stats": self.stats.as_dict(), "details": self.details}
+        if self.max_abs_err is not None:
+            out["max_abs_err"] = self.max_abs_err
+        return out
+
+
+def outputs_close(ref: list[np.ndarray], got: list[np.ndarray], rtol: float, atol: float) -> tuple[bool, float, str]:
+    """(ok, max abs error, reason) comparing output lists; the tolerance scales with the reference's range."""
+    if len(ref) != len(got):
+        return False, float("inf"), f"{len(ref)} outputs before, {len(got)} after"
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(ref, got)):
+        if tuple(a.shape) != tuple(b.shape):
+            return False, float("inf"), f"output {i} shape {tuple(a.shape)} became {tuple(b.shape)}"
+        a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        err = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
+        worst = max(worst, err)
+        scale = float(np.max(np.abs(a64))) if a.size else 0.0
+        if not np.isfinite(err) or err > atol + rtol * scale:
+            return False, err, f"output {i}: max abs error {err:.3g} > {atol:g} + {rtol:g} x {scale:.3g}"
+    return True, worst, ""
+
+
+class PassManager:
+    """Runs a (lowered) pipeline over a program.
+
+    Example::
+
+        pm = PassManager(Pipeline.parse("fuse-bn,to-onnx,simplify"), Instrumentation(verify_each=True))
+        program, records = pm.run(program)
+    """
+
+    def __init__(self, pipeline: Pipeline, instrumentation: Instrumentation | None = None):
+        self.pipeline = pipeline
+        self.inst = instrumentation or Instrumentation()
+
+    def run(self, program: Program) -> tuple[Program, list[PassRecord]]:
+        inst = self.inst
+        records: list[PassRecord] = []
+        check_inputs = program.random_inputs(seed=1234) if inst.verify_each else None
+        reference = program.run(check_inputs) if inst.verify_each else None
+        if inst.dump_ir is not None:
+            from ..ir.dump import dump_program
+
+            dump_program(program, inst.dump_ir, "00-input")
+        for index, p in enumerate(self.pipeline, start=1):
+            start = time.perf_counter()
+            try:
+                result = p.apply(program)
+            except SlimcError as exc:
+                raise type(exc)(f"pass '{p.name}': {exc}") from None
+            except Exception as exc:
+                raise self._reproducer(program, index, p, exc) from exc
+            seconds = time.perf_counter() - start
+            new = result.program
+            stats = stats_of(new.ir, new.example_inputs) if (result.changed or not records) else records[-1].stats
+            record = PassRecord(p.name, p.output_level, p.lossless, seconds, result.changed, stats, result.details)
+            if inst.verify_each and result.changed:
+                got = new.run(check_inputs)
+                if p.lossless:
+                    ok, err, why = outputs_close(reference, got, inst.rtol, inst.atol)
+                    record.max_abs_err = err
+                    if not ok:
+                        raise VerificationError(
+                            f"--verify-each: pass '{p.name}' (#{index}) is lossless but changed the outputs: {why}. "
+                            "This is a bug in the pass; run with --dump-ir to see the IR before and after it."
+                        )
+                reference = got
+            if inst.dump_ir is not None and (result.changed or not inst.dump_ir_changed_only):
+                from ..ir.dump import dump_program
+
+                dump_program(new, inst.dump_ir, f"{index:02d}-{p.name}")
+            records.append(record)
+            if inst.on_pass is not None:
+                inst.on_pass(record)
+            program = new
+        return program, records
+
+    def _reproducer(self, program: Program, index: int, failed: Pass, exc: Exception) -> PassFailed:
+        """Write the failing pass's input, the rest of the pipeline and inputs; say how to replay."""
+        import torch
+
+        from ..ir.onnx_io import save_onnx
+
+        base = self.inst.reproducer_dir
+        directory = Path(tempfile.mkdtemp(prefix=f"slimc-repro-{failed.name}-", dir=base and str(base)))
+        if program.level == "onnx":
+            model_file = save_onnx(program.ir, directory / "input.onnx")
+        else:
+            model_file = directory / "input.pt"
+            torch.save(program.ir, model_file)
+        rest = Pipeline(self.pipeline.passes[index - 1:]).print()
+        (directory / "pipeline.txt").write_text(rest + "\n")
+        np.savez(directory / "inputs.npz", *[t.detach().cpu().numpy() for t in program.example_inputs])
+        (directory / "error.txt").write_text("".join(traceback.format_exception(exc)))
+        shapes = " ".join(
+            "--input-shape " + "x".join(map(str, t.shape)) + f":{str(t.dtype).replace('torch.', '')}"
+            for t in program.example_inputs
+        )
+        replay = f"slimc opt {model_file} --pipeline-file {directory / 'pipeline.txt'}"
+        if program.level == "fx":
+            replay += f" {shapes}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return PassFailed(
+            f"pass '{failed.name}' (#{index}) raised {type(exc).__name__}: {first}. A reproducer (its input IR, "
+            f"the pipeline from this pass on, inputs, traceback) is in {directory}; replay it with: {replay}"
+        )

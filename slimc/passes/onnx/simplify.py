@@ -1,0 +1,58 @@
+"""`simplify`: onnxsim's constant folding, shape inference and graph optimizations.
+
+onnxsim checks its own result against ONNX Runtime on random inputs (`check-n` times); a
+failed check is an error here, not a silent fallback, since the pass claims to be lossless.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ...errors import SlimcError
+from ...ir.onnx_io import PROTOBUF_LIMIT
+from ..registry import Pass, PassResult, register_pass
+from ._graph import fingerprint
+
+__all__ = ["Simplify"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Simplify(Pass):
+    """Run onnxsim.simplify; `check-n` random-input comparisons against the input graph (0 disables)."""
+
+    name: ClassVar[str] = "simplify"
+    level: ClassVar[str] = "onnx"
+    lossless: ClassVar[bool] = True
+    summary: ClassVar[str] = "onnxsim: fold constants, infer shapes, fuse simple patterns"
+
+    check_n: int = 1
+    skip_fuse_bn: bool = False
+
+    def apply(self, program) -> PassResult:
+        import onnxsim
+
+        model = program.ir
+        if model.ByteSize() >= PROTOBUF_LIMIT:
+            # onnxsim serialises the model into one protobuf, which cannot hold more than 2 GiB.
+            return PassResult(program, False, {"skipped": "model over 2 GiB; onnxsim cannot serialise it"})
+        skipped = ["fuse_bn_into_conv"] if self.skip_fuse_bn else None
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                simplified, ok = onnxsim.simplify(model, check_n=self.check_n, skipped_optimizers=skipped)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SlimcError(f"onnxsim failed on this graph: {first}. Drop 'simplify' from the pipeline to go on.") from None
+        if not ok:
+            raise SlimcError("onnxsim's own check found the simplified graph differs from its input; "
+                             "drop 'simplify' from the pipeline or report the model.")
+        # onnxsim records its settings as metadata; they say nothing about the model, so drop them.
+        kept = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
+        del simplified.metadata_props[:]
+        simplified.metadata_props.extend(kept)
+        changed = fingerprint(simplified) != fingerprint(model)
+        return PassResult(program.with_ir(simplified) if changed else program, changed,
+                          {"nodes_removed": len(model.graph.node) - len(simplified.graph.node)})
