@@ -172,14 +172,29 @@ def onnx_stats(model) -> Stats:
     return Stats(params, _onnx_macs(model), len(graph.node), dict(ops.most_common()))
 
 
+def _without_big_weights(model):
+    """The graph with large initializers declared as inputs: shape inference needs their shapes,
+    not their bytes, and copying a few hundred MB of weights through protobuf would dominate."""
+    import onnx
+    from onnx import helper
+
+    g = model.graph
+    small = [t for t in g.initializer if _numel(t.dims) <= 64 or t.data_type not in _FLOAT_TYPES]
+    declared = {i.name for i in g.input}
+    big = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+           for t in g.initializer if t not in small and t.name not in declared]
+    graph = helper.make_graph(list(g.node), g.name, list(g.input) + big, list(g.output), small,
+                              value_info=list(g.value_info))
+    light = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    light.functions.extend(model.functions)
+    return light
+
+
 def _shapes(model) -> dict[str, tuple]:
     import onnx
 
     try:
-        if model.ByteSize() < 2**31 - 1:
-            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        else:
-            inferred = model
+        inferred = onnx.shape_inference.infer_shapes(_without_big_weights(model), data_prop=True)
     except Exception:  # a graph shape inference cannot handle still gets params and nodes
         inferred = model
     shapes = {}
@@ -187,7 +202,7 @@ def _shapes(model) -> dict[str, tuple]:
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    for t in g.initializer:
+    for t in model.graph.initializer:
         shapes[t.name] = tuple(t.dims)
     return shapes
 

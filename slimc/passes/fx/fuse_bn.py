@@ -7,16 +7,17 @@ a new bias, so the BatchNorm node disappears. Grouped and depthwise convs fold t
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ..registry import Pass, PassResult, register_pass
+from ._graph import fresh_copy, set_submodule
 
 __all__ = ["FuseBN"]
 
 
-def _fusable_pairs(gm):
+def _candidates(gm):
+    """(producer node, bn node, producer module, bn module) where a conv/linear feeds only a BatchNorm."""
     import torch.nn as nn
 
     convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -31,7 +32,15 @@ def _fusable_pairs(gm):
         producer, bn = modules[src.target], modules[node.target]
         if not bn.track_running_stats or bn.running_mean is None:
             continue  # batch statistics at inference: nothing fixed to fold
-        if isinstance(producer, convs) or (isinstance(producer, nn.Linear) and _is_2d(src)):
+        if isinstance(producer, (*convs, nn.Linear)):
+            yield src, node, producer, bn
+
+
+def _fusable_pairs(gm):
+    import torch.nn as nn
+
+    for src, node, producer, bn in _candidates(gm):
+        if not isinstance(producer, nn.Linear) or _is_2d(src):
             yield src, node, producer, bn
 
 
@@ -57,9 +66,9 @@ class FuseBN(Pass):
         from torch.fx.passes.shape_prop import ShapeProp
         from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-        gm = copy.deepcopy(program.ir).eval()
-        if any(isinstance(m, nn.Linear) for m in gm.modules()) and program.example_inputs:
-            with torch.no_grad():
+        gm = fresh_copy(program.ir)
+        if any(isinstance(p, nn.Linear) for _, _, p, _ in _candidates(gm)) and program.example_inputs:
+            with torch.no_grad():  # Linear+BN fuses only on [N, C] outputs: shapes needed
                 ShapeProp(gm).propagate(*program.example_inputs)
         fused = []
         for src, bn_node, producer, bn in list(_fusable_pairs(gm)):
@@ -67,7 +76,7 @@ class FuseBN(Pass):
                 new = fuse_linear_bn_eval(producer, bn)
             else:
                 new = fuse_conv_bn_eval(producer, bn, transpose=isinstance(producer, nn.modules.conv._ConvTransposeNd))
-            _set_submodule(gm, src.target, new)
+            set_submodule(gm, src.target, new)
             bn_node.replace_all_uses_with(src)
             gm.graph.erase_node(bn_node)
             fused.append(f"{bn_node.target} -> {src.target}")
@@ -77,9 +86,3 @@ class FuseBN(Pass):
         gm.graph.lint()
         gm.recompile()
         return PassResult(program.with_ir(gm), changed=True, details={"fused": len(fused), "pairs": fused})
-
-
-def _set_submodule(root, qualname: str, new) -> None:
-    parent_name, _, attr = qualname.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)

@@ -1,0 +1,85 @@
+"""Compile-time overhead of slimc against plain `torch.onnx.export` + onnxsim, in one run.
+
+Usage: .venv/bin/python tools/bench_compile.py [--models resnet50,mobilenet_v2] [--repeats 3]
+
+Prints, per model, the time of each pass of `fuse-bn,to-onnx,simplify` and slimc's total
+(tracing, passes, statistics; no backend, no fidelity check) beside the baseline. Each number
+is the median of --repeats runs, alternating slimc and baseline so machine noise hits both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def baseline(model, x) -> float:
+    import onnx
+    import onnxsim
+    import torch
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = os.path.join(tmp, "m.onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                          output_names=["output"])
+        simplified, ok = onnxsim.simplify(onnx.load(path))
+        assert ok
+    return time.perf_counter() - start
+
+
+def slimc_compile(model, x):
+    import slimc
+
+    start = time.perf_counter()
+    result = slimc.compile(model, x, pipeline="fuse-bn,to-onnx,simplify", backend=None, fidelity_samples=0)
+    return time.perf_counter() - start, result
+
+
+def main() -> int:
+    import torch
+    import torchvision
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet50,mobilenet_v2")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    summary = [("model", "baseline s", "slimc s", "overhead")]
+    for name in args.models.split(","):
+        model = torchvision.models.get_model(name, weights=None).eval()
+        x = torch.randn(1, 3, 224, 224)
+        base_t, slim_t, per_pass = [], [], {}
+        for _ in range(args.repeats):
+            base_t.append(baseline(model, x))
+            t, result = slimc_compile(model, x)
+            slim_t.append(t)
+            for rec in result.records:
+                per_pass.setdefault(rec.name, []).append(rec.seconds)
+        b, s = statistics.median(base_t), statistics.median(slim_t)
+        print(f"\n{name}: per pass (median of {args.repeats})")
+        for pname, times in per_pass.items():
+            print(f"  {pname:<10} {statistics.median(times):7.3f} s")
+        passes_total = sum(statistics.median(v) for v in per_pass.values())
+        print(f"  {'(other)':<10} {s - passes_total:7.3f} s   tracing, input check, statistics")
+        summary.append((name, f"{b:.3f}", f"{s:.3f}", f"{(s / b - 1) * 100:+.1f}%"))
+    print()
+    widths = [max(len(r[i]) for r in summary) for i in range(4)]
+    for j, row in enumerate(summary):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
