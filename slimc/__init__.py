@@ -11,6 +11,7 @@ Example::
 from .backend.base import Artifact, BenchmarkResult, backend_names, get_backend
 from .compiler import CompileResult, compile, load_program
 from .errors import SlimcError
+from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .ir.program import Program
 from .passes.manager import Instrumentation, PassManager
 from .passes.pipeline import Pipeline
@@ -22,6 +23,8 @@ __all__ = [
     "Artifact",
     "BenchmarkResult",
     "CompileResult",
+    "FinetuneConfig",
+    "FinetuneResult",
     "Instrumentation",
     "Pass",
     "PassManager",
@@ -31,6 +34,7 @@ __all__ = [
     "SlimcError",
     "backend_names",
     "compile",
+    "finetune",
     "get_backend",
     "load_program",
     "register_pass",

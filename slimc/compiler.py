@@ -123,6 +123,9 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     if end_level == "fx" and any(p.output_level == "onnx" for p in pipe):
         raise SlimcError(f"backend '{backend}' runs the FX-level module, but the pipeline lowers to ONNX; "
                          "drop the ONNX passes or choose an ONNX backend such as onnxruntime.")
+    if end_level == "fx" and program.level == "onnx":
+        raise SlimcError(f"backend '{backend}' runs a PyTorch module, but the model is ONNX; "
+                         "choose an ONNX backend such as onnxruntime.")
     lowered = pipe.lowered(program.level, end_level)
     before = stats_of(program.ir, program.example_inputs)
     inst = Instrumentation(dump_ir=Path(dump_ir) if dump_ir else None, dump_ir_changed_only=dump_ir_changed_only,

@@ -12,7 +12,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ..errors import SlimcError
-from ..ir.onnx_io import PROTOBUF_LIMIT, atomic_write, save_onnx
+from ..ir.onnx_io import atomic_write, fits_protobuf, save_onnx
 from .base import Artifact, Backend, register_backend
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "session_for"]
@@ -40,7 +40,7 @@ def session_for(model, threads: int = 0, optimization: str = "all", providers: S
 
     so = _session_options(threads, optimization)
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if fits_protobuf(model):
             return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
         with tempfile.TemporaryDirectory(prefix="slimc-ort-") as tmp:
             path = save_onnx(model, os.path.join(tmp, "model.onnx"), external_data=True)

@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
                    help="backend option, e.g. threads=2 or optimization=basic (repeatable)")
     p.add_argument("--output-dir", "-o", help="directory for the artifact")
     p.add_argument("--report", help="write the JSON report to this file")
+    p.add_argument("--finetune", metavar="FILE.py:LOADER",
+                   help="fine-tune after the FX passes, distilling from the original model, on the batches "
+                        "LOADER() yields (a tensor, or (inputs, labels))")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of --finetune (default 1)")
     p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
                    help="time the artifact over ITERS runs after compiling")
     p.set_defaults(run=run)
@@ -36,11 +40,24 @@ def _backend_options(items: list[str]) -> dict:
     return out
 
 
+def _with_finetune(text: str, data: str, epochs: int) -> str:
+    """Insert a finetune pass after the last FX-level pass (before lowering to ONNX)."""
+    from ..passes.fx.finetune import Finetune
+    from ..passes.pipeline import Pipeline
+
+    passes = Pipeline.parse(text).passes
+    last_fx = max((i for i, p in enumerate(passes) if p.output_level == "fx"), default=-1)
+    passes.insert(last_fx + 1, Finetune(data=data, epochs=epochs))
+    return Pipeline(passes).print()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..passes.pipeline import Pipeline
 
     text = pipeline_text(args, DEFAULT)
+    if args.finetune:
+        text = _with_finetune(text, args.finetune, args.epochs)
     if args.print_pipeline:
         print(Pipeline.parse(text).print())
     result = compile(args.model, pipeline=text, backend=args.backend, input_shapes=args.input_shape,

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import SlimcError, closest
 
-__all__ = ["load_model", "describe_source"]
+__all__ = ["load_model", "describe_source", "load_callable"]
 
 
 def describe_source(model: Any) -> str:
@@ -74,23 +74,33 @@ def _torchvision(name: str):
     return torchvision.models.get_model(name, weights=None).eval()
 
 
+def load_callable(spec: str, what: str = "function"):
+    """'path/to/file.py:name' -> the callable `name` defined in that file."""
+    path_text, sep, name = spec.rpartition(":")
+    path = Path(path_text)
+    if not sep or not path_text.endswith(".py"):
+        raise SlimcError(f"'{spec}' is not 'path/to/file.py:{what}'.")
+    if not path.is_file():
+        raise SlimcError(f"file '{path}' does not exist (from the spec '{spec}').")
+    module_name = f"_slimc_user_{abs(hash(str(path.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    mod = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = mod  # lets pickling and dataclasses in the user's file work
+    try:
+        loader_spec.loader.exec_module(mod)
+    except Exception as exc:
+        raise SlimcError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(mod, name, None)
+    if fn is None or not callable(fn):
+        names = [n for n in vars(mod) if callable(getattr(mod, n)) and not n.startswith("_")]
+        raise SlimcError(f"'{path}' has no callable '{name}'{closest(name, names)}.")
+    return fn
+
+
 def _from_factory(path: Path, factory: str):
     import torch
 
-    if not path.is_file():
-        raise SlimcError(f"model file '{path}' does not exist (from the spec '{path}:{factory}').")
-    module_name = f"_slimc_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = mod  # lets pickling and dataclasses in the user's file work
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as exc:
-        raise SlimcError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from None
-    fn = getattr(mod, factory, None)
-    if fn is None or not callable(fn):
-        names = [n for n in vars(mod) if callable(getattr(mod, n)) and not n.startswith("_")]
-        raise SlimcError(f"'{path}' has no callable '{factory}'{closest(factory, names)}.")
+    fn = load_callable(f"{path}:{factory}", "factory")
     try:
         built = fn()
     except Exception as exc:

@@ -14,14 +14,24 @@ from pathlib import Path
 
 from ..errors import SlimcError
 
-__all__ = ["load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
+__all__ = ["fits_protobuf", "load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024
 
 
 def model_size_bytes(model) -> int:
-    return model.ByteSize()
+    """Serialized size; protobuf refuses to even measure a message past 2 GiB, so say 'over'."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize()
+    except EncodeError:
+        return PROTOBUF_LIMIT
+
+
+def fits_protobuf(model) -> bool:
+    return model_size_bytes(model) < PROTOBUF_LIMIT
 
 
 def load_onnx(path: str | os.PathLike):
@@ -46,7 +56,7 @@ def load_onnx(path: str | os.PathLike):
     if not len(model.graph.node) and not len(model.graph.output):
         raise SlimcError(f"'{path}' holds no ONNX graph (no nodes, no outputs); it is probably not an ONNX model.")
     try:
-        onnx.checker.check_model(model if model.ByteSize() < PROTOBUF_LIMIT else str(path))
+        onnx.checker.check_model(model if fits_protobuf(model) else str(path))
     except Exception as exc:
         raise SlimcError(f"'{path}' is not a valid ONNX model: {str(exc).splitlines()[0]}") from None
     return model

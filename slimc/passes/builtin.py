@@ -3,3 +3,4 @@
 from . import lower  # noqa: F401
 from .fx import fuse_bn  # noqa: F401
 from .onnx import dedupe_weights, eliminate_dead, fold_constants, simplify  # noqa: F401
+from .fx import finetune  # noqa: F401

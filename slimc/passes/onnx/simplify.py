@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...errors import SlimcError
-from ...ir.onnx_io import PROTOBUF_LIMIT
+from ...ir.onnx_io import fits_protobuf
 from ..registry import Pass, PassResult, register_pass
 from ._graph import fingerprint
 
@@ -38,7 +38,7 @@ class Simplify(Pass):
         import onnxsim
 
         model = program.ir
-        if model.ByteSize() >= PROTOBUF_LIMIT:
+        if not fits_protobuf(model):
             # onnxsim serialises the model into one protobuf, which cannot hold more than 2 GiB.
             return PassResult(program, False, {"skipped": "model over 2 GiB; onnxsim cannot serialise it"})
         skipped = ["fuse_bn_into_conv"] if self.skip_fuse_bn else None
