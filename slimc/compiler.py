@@ -89,8 +89,10 @@ def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
     program = Program(model, examples, names, outs, dynamic_batch, original=model, source=source)
     try:
         program.run([t.numpy() for t in examples])
-    except SlimcError as exc:
-        raise SlimcError(f"the ONNX model does not run on the given input shapes: {exc}") from None
+    except Exception as exc:  # SlimcError from loading; onnxruntime's own errors for wrong shapes or dtypes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = ", ".join("x".join(map(str, t.shape)) + f":{str(t.dtype).replace('torch.', '')}" for t in examples)
+        raise SlimcError(f"the ONNX model does not run on the given input shapes ({shapes}): {first}") from None
     return program
 
 
@@ -123,11 +125,10 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     if end_level == "fx" and any(p.output_level == "onnx" for p in pipe):
         raise SlimcError(f"backend '{backend}' runs the FX-level module, but the pipeline lowers to ONNX; "
                          "drop the ONNX passes or choose an ONNX backend such as onnxruntime.")
-    if end_level == "fx" and program.level == "onnx":
-        raise SlimcError(f"backend '{backend}' runs a PyTorch module, but the model is ONNX; "
-                         "choose an ONNX backend such as onnxruntime.")
+    before = stats_of(program.ir, program.example_inputs)  # the model as given, before any lifting
+    if program.level == "onnx" and (end_level == "fx" or any(p.level == "fx" and p.produces is None for p in pipe)):
+        program = _lifted(program)
     lowered = pipe.lowered(program.level, end_level)
-    before = stats_of(program.ir, program.example_inputs)
     inst = Instrumentation(dump_ir=Path(dump_ir) if dump_ir else None, dump_ir_changed_only=dump_ir_changed_only,
                            verify_each=verify_each, on_pass=on_pass)
     final, records = PassManager(lowered, inst).run(program)
@@ -156,6 +157,14 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
         atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     module = final.ir if final.level == "fx" else final.metadata.get("fx_module")
     return CompileResult(final, module, final.ir if final.level == "onnx" else None, artifact, report, records)
+
+
+def _lifted(program: Program) -> Program:
+    """The ONNX program at the FX level (onnx2torch), for FX passes; the original stays the reference."""
+    from .frontend.lift import lift_onnx
+
+    gm = lift_onnx(program.ir)
+    return program.with_ir(gm, metadata={**program.metadata, "lifted_from_onnx": True})
 
 
 def _check_writable(directory: Path) -> None:
