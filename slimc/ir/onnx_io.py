@@ -24,6 +24,9 @@ def model_size_bytes(model) -> int:
     """Serialized size; protobuf refuses to even measure a message past 2 GiB, so say 'over'."""
     from google.protobuf.message import EncodeError
 
+    # The weights dominate; measuring them one by one avoids a slow failed pass over a huge message.
+    if sum(t.ByteSize() for t in model.graph.initializer) >= PROTOBUF_LIMIT:
+        return PROTOBUF_LIMIT
     try:
         return model.ByteSize()
     except EncodeError:
@@ -73,10 +76,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
     try:
         write(tmp)
+        # mkstemp creates the file private (0600); give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None) -> Path:
