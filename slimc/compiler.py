@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .backend.base import Artifact, get_backend
+from .backend.base import Artifact, CannotRunHere, get_backend
 from .errors import SlimcError
 from .frontend.inputs import example_inputs_from
 from .frontend.specs import describe_source, load_model
@@ -136,8 +136,13 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     saved = artifact.save(Path(output_dir)) if (artifact and output_dir is not None) else None
     after = records[-1].stats if records else before
     run_final = artifact.run if artifact else (lambda xs: run_ir(final.ir, xs))
-    fid = fidelity(lambda xs: run_ir(program.original, xs), run_final,
-                   [program.random_inputs(seed=100 + i) for i in range(fidelity_samples)]) if fidelity_samples else None
+    fid = None
+    if fidelity_samples:
+        try:
+            fid = fidelity(lambda xs: run_ir(program.original, xs), run_final,
+                           [program.random_inputs(seed=100 + i) for i in range(fidelity_samples)])
+        except CannotRunHere as exc:  # built ahead of time for another machine: keep it, say why unchecked
+            fid = {"skipped": str(exc)}
     report = {
         "source": program.source,
         "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
@@ -152,7 +157,10 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
         "seconds": round(time.perf_counter() - started, 3),
     }
     if artifact is not None and benchmark_iters > 0:
-        report["benchmark"] = artifact.benchmark(iters=benchmark_iters).as_dict()
+        try:
+            report["benchmark"] = artifact.benchmark(iters=benchmark_iters).as_dict()
+        except CannotRunHere as exc:
+            report["benchmark"] = {"skipped": str(exc)}
     if report_path is not None:
         atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     module = final.ir if final.level == "fx" else final.metadata.get("fx_module")

@@ -17,6 +17,7 @@ from ..errors import SlimcError, closest
 
 __all__ = [
     "Artifact",
+    "CannotRunHere",
     "Backend",
     "BenchmarkResult",
     "register_backend",
@@ -24,6 +25,13 @@ __all__ = [
     "backend_names",
     "time_calls",
 ]
+
+
+class CannotRunHere(SlimcError):
+    """The artifact was built (ahead of time) but this machine cannot run it, e.g. no GPU.
+
+    `slimc.compile` still returns and saves the artifact; the report says why it was not checked.
+    """
 
 
 @dataclass(frozen=True)

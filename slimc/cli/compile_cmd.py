@@ -76,9 +76,13 @@ def run(args: argparse.Namespace) -> int:
         top1 = "-" if fid["top1_agreement"] is None else f"{fid['top1_agreement']:.3f}"
         print(f"fidelity vs original ({fid['samples']} random inputs): max abs err {fid['max_abs_err']:.3g}, "
               f"rel err {fid['rel_err']:.3g}, cosine {fid['cosine']:.6f}, top-1 agreement {top1}")
-    if r.get("benchmark"):
-        bench = r["benchmark"]
+    if "skipped" in fid:
+        print(f"fidelity not checked: {fid['skipped']}")
+    bench = r.get("benchmark") or {}
+    if "median_ms" in bench:
         print(f"latency on {args.backend}: median {bench['median_ms']:.2f} ms, p90 {bench['p90_ms']:.2f} ms")
+    elif "skipped" in bench:
+        print(f"not benchmarked: {bench['skipped']}")
     if r["artifact"]:
         print(f"artifact ({args.backend}): {r['artifact']}")
     if args.report:

@@ -13,7 +13,34 @@ def add_parser(sub) -> None:
     p.add_argument("model")
     p.add_argument("--input-shape", action="append", metavar="SHAPE", help="input shape for torch model specs")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--capability", action="store_true",
+                   help="list the ONNX nodes the backend (--backend) cannot take, with the reason for each")
+    p.add_argument("--backend", default="tensorrt", help="backend for --capability (tensorrt)")
     p.set_defaults(run=run)
+
+
+def _backend_view(args: argparse.Namespace) -> int | None:
+    """`--capability` and `.engine` files go to the TensorRT backend; None for a plain summary."""
+    import json
+
+    from ..errors import SlimcError
+
+    if str(args.model).endswith(".engine"):
+        from ..backend.tensorrt import format_engine_info, inspect_engine
+
+        info = inspect_engine(args.model)
+        print(json.dumps(info, indent=2) if args.json else format_engine_info(info))
+        return 0
+    if not args.capability:
+        return None
+    if args.backend != "tensorrt":
+        raise SlimcError(f"--capability is available for --backend tensorrt only, not '{args.backend}'.")
+    from ..backend.tensorrt import capability_report, format_capability
+    from ..ir.onnx_io import load_onnx
+
+    report = capability_report(load_onnx(args.model))
+    print(json.dumps(report, indent=2) if args.json else format_capability(report))
+    return 0 if report["supported"] else 1
 
 
 def _onnx_io(model) -> tuple[list, list]:
@@ -52,6 +79,9 @@ def summarize(model_spec: str, input_shapes=None) -> dict:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    handled = _backend_view(args)
+    if handled is not None:
+        return handled
     s = summarize(args.model, args.input_shape)
     if args.json:
         print(json.dumps(s, indent=2))

@@ -1,0 +1,106 @@
+"""Which TensorRT to use — the full `tensorrt` or TensorRT for RTX (`tensorrt_rtx`) — and a quiet logger.
+
+Both share the Python API the backend needs (Builder, OnnxParser, Runtime) and both are strongly typed
+here: precision comes from the ONNX graph's types, never from FP16/INT8 builder flags.
+The full TensorRT needs a GPU to build; TensorRT for RTX builds ahead of time on a CPU.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import SlimcError
+
+__all__ = ["TrtFlavor", "import_flavor", "importable_flavors", "make_logger", "INSTALL_HINT"]
+
+_MODULES = {"full": "tensorrt", "rtx": "tensorrt_rtx"}
+INSTALL_HINT = ("pip install 'slimc[tensorrt]' (TensorRT for RTX, package tensorrt-rtx-cu13, builds engines on a "
+                "CPU) or pip install tensorrt (the full TensorRT, needs an NVIDIA GPU to build)")
+
+
+@dataclass(frozen=True)
+class TrtFlavor:
+    """An imported TensorRT: name ('full' or 'rtx'), the module, its version."""
+
+    name: str
+    module: Any
+    version: str
+
+    @property
+    def label(self) -> str:
+        return f"TensorRT {self.version}" if self.name == "full" else f"TensorRT for RTX {self.version}"
+
+    def as_dict(self) -> dict:
+        return {"flavor": self.name, "module": self.module.__name__, "version": self.version}
+
+
+def importable_flavors() -> list[str]:
+    """Flavors whose module can be found (without importing it)."""
+    out = []
+    for name, module in _MODULES.items():
+        try:
+            if importlib.util.find_spec(module) is not None:
+                out.append(name)
+        except (ImportError, ValueError):
+            pass
+    return out
+
+
+def _import(name: str) -> TrtFlavor | None:
+    try:
+        module = importlib.import_module(_MODULES[name])
+    except Exception:  # a stub or broken install raises more than ImportError
+        return None
+    if not hasattr(module, "Builder"):
+        return None
+    return TrtFlavor(name, module, str(getattr(module, "__version__", "unknown")))
+
+
+def import_flavor(flavor: str = "auto") -> TrtFlavor:
+    """The TensorRT to use. 'auto': the full one when importable and a GPU is usable, else RTX."""
+    if flavor in _MODULES:
+        found = _import(flavor)
+        if found is None:
+            raise SlimcError(f"backend 'tensorrt' with flavor={flavor} needs the Python module '{_MODULES[flavor]}', "
+                             f"which is not importable here. Install it with: {INSTALL_HINT}.")
+        return found
+    if flavor != "auto":
+        raise SlimcError(f"TensorRT flavor '{flavor}' is not one of auto, full, rtx.")
+    candidates = importable_flavors()
+    if "full" in candidates:
+        from .gpu_probe import probe_gpu
+
+        # The full TensorRT cannot even create a builder without a GPU; RTX can, so it wins there.
+        if probe_gpu().usable or "rtx" not in candidates:
+            found = _import("full")
+            if found is not None:
+                return found
+    found = _import("rtx") if "rtx" in candidates else None
+    if found is None:
+        raise SlimcError(f"backend 'tensorrt' needs TensorRT, but neither 'tensorrt' nor 'tensorrt_rtx' is importable "
+                         f"here. Install it with: {INSTALL_HINT}.")
+    return found
+
+
+def make_logger(trt, keep_from: str = "WARNING"):
+    """A TensorRT logger that keeps messages (for error reports) instead of printing them."""
+    order = ["INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"]
+    limit = order.index(keep_from)
+
+    class _KeepingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity, msg):
+            name = getattr(severity, "name", str(severity))
+            if name in order and order.index(name) <= limit:
+                self.messages.append((name, msg))
+
+        def errors(self) -> list[str]:
+            return [m for s, m in self.messages if s in ("INTERNAL_ERROR", "ERROR")]
+
+    return _KeepingLogger()
