@@ -118,7 +118,10 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     pipe = Pipeline.coerce(pipeline)
     target = get_backend(backend, **(backend_options or {})) if backend else None
     if output_dir is not None:
-        _check_writable(Path(output_dir))
+        out = Path(output_dir)
+        # 'out/model.onnx' is saved as that file by the backend (out/ is a directory otherwise): creating a
+        # directory of that name here would make the save fail after all the work.
+        _check_writable(out.parent if out.suffix else out)
     program = load_program(model, example_inputs, input_shapes=input_shapes, dynamic_batch=dynamic_batch,
                            leaf_modules=leaf_modules)
     end_level = target.consumes if target else None

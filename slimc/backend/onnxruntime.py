@@ -29,7 +29,11 @@ def _session_options(threads: int = 0, optimization: str = "all"):
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
     if threads:
-        so.intra_op_num_threads = int(threads)
+        try:
+            so.intra_op_num_threads = int(threads)
+        except (TypeError, ValueError):
+            raise SlimcError(f"onnxruntime option threads={threads!r} is not a whole number "
+                             "(0 = ONNX Runtime's default).") from None
     so.log_severity_level = 3
     return so
 

@@ -53,7 +53,8 @@ def human(n) -> str:
     return f"{n:.0f}"
 
 
-def table(rows: list[list[str]], out=sys.stdout) -> None:
+def table(rows: list[list[str]], out=None) -> None:
+    out = out or sys.stdout  # looked up per call: a default bound at import misses later redirections
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for j, r in enumerate(rows):
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
@@ -61,7 +62,7 @@ def table(rows: list[list[str]], out=sys.stdout) -> None:
             print("  ".join("-" * w for w in widths), file=out)
 
 
-def print_pass_table(report: dict, out=sys.stdout) -> None:
+def print_pass_table(report: dict, out=None) -> None:
     b = report["before"]
     rows = [["#", "pass", "level", "seconds", "changed", "params", "MACs", "nodes"],
             ["0", "(input)", "", "", "", human(b["params"]), human(b["macs"]), str(b["nodes"])]]

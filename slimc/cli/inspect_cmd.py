@@ -12,6 +12,8 @@ def add_parser(sub) -> None:
                        description="Summarize an .onnx/.onnxtxt file, or a torch model spec (with --input-shape).")
     p.add_argument("model")
     p.add_argument("--input-shape", action="append", metavar="SHAPE", help="input shape for torch model specs")
+    p.add_argument("--leaf-module", action="append", default=[], metavar="NAME",
+                   help="submodule name or class name that torch.fx keeps whole instead of tracing through")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--capability", action="store_true",
                    help="list the ONNX nodes the backend (--backend) cannot take, with the reason for each")
@@ -59,11 +61,11 @@ def _onnx_io(model) -> tuple[list, list]:
     return sig([i for i in model.graph.input if i.name not in init]), sig(model.graph.output)
 
 
-def summarize(model_spec: str, input_shapes=None) -> dict:
+def summarize(model_spec: str, input_shapes=None, leaf_modules=()) -> dict:
     from ..compiler import load_program
     from ..ir.stats import stats_of
 
-    program = load_program(model_spec, input_shapes=input_shapes)
+    program = load_program(model_spec, input_shapes=input_shapes, leaf_modules=leaf_modules)
     stats = stats_of(program.ir, program.example_inputs)
     if program.level == "onnx":
         inputs, outputs = _onnx_io(program.ir)
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     handled = _backend_view(args)
     if handled is not None:
         return handled
-    s = summarize(args.model, args.input_shape)
+    s = summarize(args.model, args.input_shape, args.leaf_module)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0

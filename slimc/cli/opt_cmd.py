@@ -31,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix not in (".onnx", ".onnxtxt", ".pt"):
         raise SlimcError(f"-o '{out}': the output must end in .onnx, .onnxtxt or .pt.")
+    source = Path(args.model)
+    if out.suffix == ".onnxtxt" and source.is_file() and out.with_suffix(".onnx").resolve() == source.resolve():
+        # save_onnx_text also writes <stem>.onnx (for Netron): that would replace the input model.
+        raise SlimcError(f"-o '{out}' also writes '{out.with_suffix('.onnx')}', which is the input model; "
+                         "choose another name for the output.")
     result = compile(args.model, pipeline=text, backend=None, input_shapes=args.input_shape,
                      dynamic_batch=args.dynamic_batch, leaf_modules=args.leaf_module, report_path=args.report,
                      dump_ir=args.dump_ir, dump_ir_changed_only=args.dump_ir_changed_only,

@@ -8,7 +8,9 @@ large for one protobuf (2 GiB) or when asked, as for the IR dumps.
 from __future__ import annotations
 
 import copy
+import errno
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -70,24 +72,31 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        tmp = _new_temp_file(path)
     except OSError as exc:
         raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
     try:
         write(tmp)
-        # mkstemp creates the file private (0600); give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. `path` is an existing directory
+            raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
+def _new_temp_file(path: Path) -> str:
+    """An empty, new file beside `path`. Not mkstemp: its files are private (0600), and the result
+    should get the permissions a plain open() gives (the umask), like files other tools write."""
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None) -> Path:

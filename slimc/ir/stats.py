@@ -32,7 +32,7 @@ class Stats:
 def stats_of(ir, example_inputs=()) -> Stats:
     from .program import level_of
 
-    return fx_stats(ir, example_inputs) if level_of(ir) == "fx" else onnx_stats(ir)
+    return fx_stats(ir, example_inputs) if level_of(ir) == "fx" else onnx_stats(ir, example_inputs)
 
 
 # ---- FX ------------------------------------------------------------------------------
@@ -85,6 +85,9 @@ def _f_linear_macs(args, out) -> int:
 def _f_conv_macs(args, out) -> int:
     w = args[1]
     return _numel(out.shape) * _numel(w.shape[1:])
+
+
+_MATMUL_METHODS = ("matmul", "mm", "bmm", "__matmul__")
 
 
 def _function_table():
@@ -147,6 +150,14 @@ def _fx_macs(gm, example_inputs) -> int:
                 total += fn(args, out)
             return out
 
+        def call_method(self, target, args, kwargs):
+            # x.matmul(w) is a method call in FX, not torch.matmul; self is args[0] as for the function
+            nonlocal total
+            out = super().call_method(target, args, kwargs)
+            if target in _MATMUL_METHODS and isinstance(out, torch.Tensor):
+                total += _matmul_macs(args, out)
+            return out
+
     with torch.no_grad():
         _Counter(gm).run(*example_inputs)
     return int(total)
@@ -157,8 +168,11 @@ def _fx_macs(gm, example_inputs) -> int:
 _FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def onnx_stats(model) -> Stats:
-    """Statistics of an onnx.ModelProto; MACs need static shapes (shape inference fills them)."""
+def onnx_stats(model, example_inputs=()) -> Stats:
+    """Statistics of an onnx.ModelProto; MACs need static shapes (shape inference fills them).
+
+    example_inputs fix symbolic input dimensions (a dynamic batch) to the shapes being compiled for.
+    """
     import onnx
 
     graph = model.graph
@@ -169,7 +183,7 @@ def onnx_stats(model) -> Stats:
                 if a.name == "value" and a.t.data_type in _FLOAT_TYPES and _numel(a.t.dims) > 1:
                     params += _numel(a.t.dims)
     ops = Counter(n.op_type for n in graph.node)
-    return Stats(params, _onnx_macs(model), len(graph.node), dict(ops.most_common()))
+    return Stats(params, _onnx_macs(model, example_inputs), len(graph.node), dict(ops.most_common()))
 
 
 def _without_big_weights(model):
@@ -190,11 +204,35 @@ def _without_big_weights(model):
     return light
 
 
-def _shapes(model) -> dict[str, tuple]:
+def _pin_inputs(light, model, example_inputs):
+    """Set the graph inputs' dimensions to the example inputs' shapes (in place, on the light copy)."""
+    inits = {t.name for t in model.graph.initializer}  # the light copy declares big weights as inputs
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != len(example_inputs):
+        return light
+    by_name = {i.name: i for i in light.graph.input}
+    inputs = [by_name[n] for n in names]
+    changed = False
+    for vi, example in zip(inputs, example_inputs):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) == len(example.shape):
+            for d, n in zip(dims, example.shape):
+                if not d.HasField("dim_value") or d.dim_value != int(n):
+                    d.dim_value = int(n)  # replaces a dim_param ('batch') in the oneof
+                    changed = True
+    if changed:  # recorded shapes still say 'batch' and would win over the inferred ones
+        del light.graph.value_info[:]
+        for out in light.graph.output:
+            out.type.tensor_type.ClearField("shape")
+    return light
+
+
+def _shapes(model, example_inputs=()) -> dict[str, tuple]:
     import onnx
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(_without_big_weights(model), data_prop=True)
+        light = _pin_inputs(_without_big_weights(model), model, example_inputs)
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # a graph shape inference cannot handle still gets params and nodes
         inferred = model
     shapes = {}
@@ -211,8 +249,8 @@ def _known(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
-def _onnx_macs(model) -> int:
-    shapes = _shapes(model)
+def _onnx_macs(model, example_inputs=()) -> int:
+    shapes = _shapes(model, example_inputs)
     total = 0
     for node in model.graph.node:
         out = shapes.get(node.output[0]) if node.output else None

@@ -50,7 +50,8 @@ class ToOnnx(Pass):
                 with warnings.catch_warnings(), torch.no_grad():
                     warnings.simplefilter("ignore")
                     if self.exporter == "dynamo":
-                        dyn = {n: {0: torch.export.Dim("batch")} for n in in_names} if dynamic else None
+                        # Positional: a dict would need forward()'s argument names, not the ONNX input names.
+                        dyn = tuple({0: torch.export.Dim("batch")} for _ in in_names) if dynamic else None
                         prog = torch.onnx.export(module, inputs, dynamo=True, opset_version=self.opset,
                                                  input_names=in_names, output_names=out_names,
                                                  dynamic_shapes=dyn, verbose=False)

@@ -7,6 +7,7 @@ raises, a reproducer directory that `slimc opt` replays.
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 import traceback
@@ -125,7 +126,14 @@ class PassManager:
             stats = stats_of(new.ir, new.example_inputs) if (result.changed or not records) else records[-1].stats
             record = PassRecord(p.name, p.output_level, p.lossless, seconds, result.changed, stats, result.details)
             if inst.verify_each and result.changed:
-                got = new.run(check_inputs)
+                try:
+                    got = new.run(check_inputs)
+                except Exception as exc:  # a pass that breaks the IR must be named, like one that changes numbers
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    raise VerificationError(
+                        f"--verify-each: the program after pass '{p.name}' (#{index}) does not run: {first}. "
+                        "This is a bug in the pass; run with --dump-ir to see the IR it produced."
+                    ) from None
                 if p.lossless:
                     ok, err, why = outputs_close(reference, got, inst.rtol, inst.atol)
                     record.max_abs_err = err
@@ -147,11 +155,28 @@ class PassManager:
 
     def _reproducer(self, program: Program, index: int, failed: Pass, exc: Exception) -> PassFailed:
         """Write the failing pass's input, the rest of the pipeline and inputs; say how to replay."""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        try:
+            directory, replay = self._write_reproducer(program, index, exc)
+        except Exception as write_exc:  # the pass's own error matters more than the reproducer
+            return PassFailed(
+                f"pass '{failed.name}' (#{index}) raised {type(exc).__name__}: {first}. Writing a reproducer "
+                f"failed too ({type(write_exc).__name__}: {write_exc})."
+            )
+        return PassFailed(
+            f"pass '{failed.name}' (#{index}) raised {type(exc).__name__}: {first}. A reproducer (its input IR, "
+            f"the pipeline from this pass on, inputs, traceback) is in {directory}; replay it with: {replay}"
+        )
+
+    def _write_reproducer(self, program: Program, index: int, exc: Exception) -> tuple[Path, str]:
         import torch
 
         from ..ir.onnx_io import save_onnx
 
+        failed = self.pipeline.passes[index - 1]
         base = self.inst.reproducer_dir
+        if base is not None:
+            Path(base).mkdir(parents=True, exist_ok=True)
         directory = Path(tempfile.mkdtemp(prefix=f"slimc-repro-{failed.name}-", dir=base and str(base)))
         if program.level == "onnx":
             model_file = save_onnx(program.ir, directory / "input.onnx")
@@ -166,11 +191,10 @@ class PassManager:
             "--input-shape " + "x".join(map(str, t.shape)) + f":{str(t.dtype).replace('torch.', '')}"
             for t in program.example_inputs
         )
-        replay = f"slimc opt {model_file} --pipeline-file {directory / 'pipeline.txt'}"
+        # `slimc opt` needs -o; the pipeline's last level says which kind of file it can write.
+        output = directory / ("output.onnx" if self.pipeline.passes[-1].output_level == "onnx" else "output.pt")
+        replay = (f"slimc opt {shlex.quote(str(model_file))} --pipeline-file {shlex.quote(str(directory / 'pipeline.txt'))}"
+                  f" -o {shlex.quote(str(output))}")
         if program.level == "fx":
             replay += f" {shapes}"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return PassFailed(
-            f"pass '{failed.name}' (#{index}) raised {type(exc).__name__}: {first}. A reproducer (its input IR, "
-            f"the pipeline from this pass on, inputs, traceback) is in {directory}; replay it with: {replay}"
-        )
+        return directory, replay

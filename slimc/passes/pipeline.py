@@ -114,7 +114,12 @@ def read_pipeline_file(path: str | Path) -> str:
     except OSError as exc:
         raise SlimcError(f"cannot read pipeline file '{path}': {exc.strerror}.") from None
     kept = [ln.split("#", 1)[0].strip().rstrip(",") for ln in lines]
-    return ",".join(ln for ln in kept if ln)
+    # Lines are passes, except inside a pass's '{...}': long option lists may span lines.
+    text, depth = "", 0
+    for ln in (k for k in kept if k):
+        text += ("," if depth == 0 else " ") + ln if text else ln
+        depth += ln.count("{") - ln.count("}")
+    return text
 
 
 class Pipeline:
@@ -123,8 +128,10 @@ class Pipeline:
     Example::
 
         Pipeline.parse("fuse-bn,simplify").print()
-        # 'fuse-bn,to-onnx{opset=18 dynamic-batch=false},simplify{...}'
+        # 'fuse-bn,simplify{check-n=0 skip-fuse-bn=false}'
         Pipeline([FuseBN(), Simplify()]).print()   # same text
+        Pipeline.parse("fuse-bn,simplify").lowered("fx").print()
+        # 'fuse-bn,to-onnx{opset=17 dynamic-batch=auto exporter=torchscript},simplify{...}'
     """
 
     def __init__(self, passes: Iterable[Pass]):

@@ -156,6 +156,8 @@ def parse_value(text: str, tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return parse_value(text, inner)
+    if origin in (tuple, dict) and text.strip() == "[]":
+        return () if origin is tuple else {}  # how format_value writes an empty list (an empty value would not parse)
     if origin is tuple:
         inner = typing.get_args(tp)[0]
         return tuple(parse_value(t.strip(), inner) for t in split_top_level(text, ",") if t.strip())
@@ -189,6 +191,8 @@ def format_value(value) -> str:
         return "true" if value else "false"
     if value is None:
         return "none"
+    if isinstance(value, (tuple, dict)) and not value:
+        return "[]"
     if isinstance(value, tuple):
         return ",".join(format_value(v) for v in value)
     if isinstance(value, dict):

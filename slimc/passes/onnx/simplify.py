@@ -41,6 +41,16 @@ class Simplify(Pass):
         if not fits_protobuf(model):
             # onnxsim serialises the model into one protobuf, which cannot hold more than 2 GiB.
             return PassResult(program, False, {"skipped": "model over 2 GiB; onnxsim cannot serialise it"})
+        if model.ir_version < 4:
+            # Before IR 4 every initializer must also be a graph input; onnxsim adds initializers
+            # (folded constants) without inputs and then rejects its own graph. IR 4 drops that rule
+            # and changes nothing else, so the graph is handed over (and returned) as IR 4.
+            import onnx
+
+            bumped = onnx.ModelProto()
+            bumped.CopyFrom(model)
+            bumped.ir_version = 4
+            model = bumped
         skipped = ["fuse_bn_into_conv"] if self.skip_fuse_bn else None
         try:
             with contextlib.redirect_stdout(io.StringIO()):

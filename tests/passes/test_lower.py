@@ -1,0 +1,100 @@
+"""to-onnx: the FX program lowered to ONNX with the program's names, shapes and function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from slimc import SlimcError
+from slimc.passes.lower import ToOnnx
+from support import assert_outputs_close, fresh_inputs, program_of
+
+
+def _dims(value_info):
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in value_info.type.tensor_type.shape.dim]
+
+
+def test_to_onnx_keeps_names_shapes_and_outputs(tiny_cnn, tiny_input):
+    program = program_of(tiny_cnn, tiny_input)
+    result = ToOnnx().apply(program)
+    model = result.program.ir
+    assert result.changed and result.program.level == "onnx"
+    assert result.details == {"opset": 17, "exporter": "torchscript", "dynamic_batch": False}
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["output"]
+    assert _dims(model.graph.input[0]) == [2, 3, 8, 8]
+    assert _dims(model.graph.output[0]) == [2, 10]
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == 17
+    assert "Conv" in {n.op_type for n in model.graph.node}
+    # the FX module stays reachable for fine-tuning, and the input program is untouched
+    assert result.program.metadata["fx_module"] is program.ir
+    assert program.level == "fx"
+    for seed in (1, 2):
+        xs = program.random_inputs(seed=seed)
+        assert_outputs_close(program.run(xs), result.program.run(xs), rel=1e-5)
+
+
+def test_opset_option(tiny_cnn, tiny_input):
+    model = ToOnnx(opset=18).apply(program_of(tiny_cnn, tiny_input)).program.ir
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == 18
+
+
+@pytest.mark.parametrize("option,program_dynamic,expect", [
+    ("true", False, True), ("false", True, False), ("auto", True, True), ("auto", False, False)])
+def test_dynamic_batch(tiny_cnn, tiny_input, option, program_dynamic, expect):
+    program = program_of(tiny_cnn, tiny_input, dynamic_batch=program_dynamic)
+    result = ToOnnx(dynamic_batch=option).apply(program)
+    model = result.program.ir
+    assert result.program.dynamic_batch is expect
+    assert _dims(model.graph.input[0])[0] == ("batch" if expect else 2)
+    assert _dims(model.graph.input[0])[1:] == [3, 8, 8]
+    if expect:  # really runs on another batch size
+        xs = program.random_inputs(seed=3, batch=5)
+        out = result.program.run(xs)
+        assert out[0].shape == (5, 10)
+        assert_outputs_close(program.run(xs), out, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_dynamo_exporter_with_dynamic_batch(tiny_cnn, tiny_input):
+    program = program_of(tiny_cnn, tiny_input)
+    result = ToOnnx(exporter="dynamo", dynamic_batch="true", opset=18).apply(program)
+    model = result.program.ir
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["output"]
+    batch = _dims(model.graph.input[0])[0]
+    assert isinstance(batch, str) and batch, f"batch axis is not symbolic: {batch!r}"
+    xs = program.random_inputs(seed=4, batch=3)
+    assert_outputs_close(program.run(xs), result.program.run(xs), rel=1e-5)
+
+
+def test_several_inputs_and_outputs_get_numbered_names():
+    class TwoInTwoOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, a, b):
+            return self.fc(a), self.fc(b).relu()
+
+    program = program_of(TwoInTwoOut().eval(), torch.randn(2, 4), torch.randn(5, 4))
+    assert program.input_names == ("input0", "input1") and program.output_names == ("output0", "output1")
+    model = ToOnnx().apply(program).program.ir
+    assert [i.name for i in model.graph.input] == ["input0", "input1"]
+    assert [o.name for o in model.graph.output] == ["output0", "output1"]
+    xs = fresh_inputs(program)
+    assert_outputs_close(program.run(xs), ToOnnx().apply(program).program.run(xs), rel=1e-5)
+
+
+def test_export_failure_is_a_clear_error(tiny_cnn, tiny_input):
+    with pytest.raises(SlimcError) as e:
+        ToOnnx(opset=3).apply(program_of(tiny_cnn, tiny_input))
+    msg = str(e.value)
+    assert "torch.onnx.export failed" in msg and "opset 3" in msg
+    assert "to-onnx{exporter=dynamo}" in msg
+
+
+def test_to_onnx_options_print():
+    assert ToOnnx().print() == "to-onnx{opset=17 dynamic-batch=auto exporter=torchscript}"
+    assert ToOnnx.level == "fx" and ToOnnx().output_level == "onnx" and ToOnnx.lossless
