@@ -16,6 +16,7 @@ from .ir.program import Program
 from .passes.manager import Instrumentation, PassManager
 from .passes.pipeline import Pipeline
 from .passes.registry import Pass, PassResult, register_pass, registered_passes
+from .search import search
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "load_program",
     "register_pass",
     "registered_passes",
+    "search",
 ]
