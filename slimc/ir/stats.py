@@ -264,7 +264,7 @@ def _onnx_macs(model, example_inputs=()) -> int:
                     total += _numel(ref) * _numel(w[1:])
         elif node.op_type in ("MatMul", "Gemm"):
             a = shapes.get(node.input[0])
-            if _known(out) and _known(a):
+            if _known(out) and _known(a) and a:  # a 0-d operand has no inner dimension
                 trans_a = any(at.name == "transA" and at.i for at in node.attribute)
                 k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
                 total += _numel(out) * k
