@@ -137,10 +137,10 @@ def option_type_name(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(option_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " or none"
     if origin is tuple:
-        return f"a comma-separated list of {option_type_name(typing.get_args(tp)[0])}"
+        return f"comma-separated list of: {option_type_name(typing.get_args(tp)[0])}"
     if origin is dict:
         k, v = typing.get_args(tp)
-        return f"a comma-separated list of name:{option_type_name(v)}"
+        return f"comma-separated list of name:value, value: {option_type_name(v)}"
     return {bool: "true|false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 

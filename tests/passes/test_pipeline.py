@@ -117,7 +117,7 @@ def test_every_option_type_round_trips():
         with_empty = Pipeline.parse("test-pipeline-all-option-types{sizes=[] exclude=a,b}").passes[0]
         assert with_empty.sizes == () and with_empty.exclude == ("a", "b")
         assert Pipeline.parse(default.print()).passes[0] == default
-        with pytest.raises(SlimcError, match=r"option 'sizes' .* expects a comma-separated list of an integer"):
+        with pytest.raises(SlimcError, match=r"option 'sizes' .* expects comma-separated list of: an integer"):
             Pipeline.parse("test-pipeline-all-option-types{sizes=1,x}")
         with pytest.raises(SlimcError, match="name:value"):
             Pipeline.parse("test-pipeline-all-option-types{per-layer=fc}")
