@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ from .frontend.inputs import example_inputs_from
 from .frontend.specs import describe_source, load_model
 from .frontend.trace import check_inputs_fit, trace_module
 from .ir.fidelity import fidelity
-from .ir.onnx_io import atomic_write
+from .ir.onnx_io import write_json
 from .ir.program import Program
 from .ir.runner import run_ir
 from .ir.stats import stats_of
@@ -165,7 +164,7 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
         except CannotRunHere as exc:
             report["benchmark"] = {"skipped": str(exc)}
     if report_path is not None:
-        atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+        write_json(Path(report_path), report)
     module = final.ir if final.level == "fx" else final.metadata.get("fx_module")
     return CompileResult(final, module, final.ir if final.level == "onnx" else None, artifact, report, records)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ..errors import SlimcError
-from ..ir.onnx_io import atomic_write, fits_protobuf, save_onnx
+from ..ir.onnx_io import fits_protobuf, save_onnx, write_json
 from .base import Artifact, Backend, register_backend
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "session_for"]
@@ -105,8 +104,7 @@ class OnnxRuntimeArtifact(Artifact):
         if path.suffix != ".onnx":
             path = path / "model.onnx"
         save_onnx(self.model, path)
-        sidecar = {**self.describe(), **self.signature()}
-        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(sidecar, indent=2)))
+        write_json(path.with_suffix(".json"), {**self.describe(), **self.signature()})
         self.path = str(path)
         return self.path
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..ir.onnx_io import atomic_write
+from ..ir.onnx_io import atomic_write, write_json
 from ..ir.runner import run_torch
 from .base import Artifact, Backend, register_backend
 
@@ -42,7 +41,7 @@ class TorchArtifact(Artifact):
         if path.suffix not in (".pt", ".pth"):
             path = path / "model.pt"
         atomic_write(path, lambda tmp: torch.save(self.module, tmp))
-        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(self.describe(), indent=2)))
+        write_json(path.with_suffix(".json"), self.describe())
         self.path = str(path)
         return self.path
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import SlimcError
 
-__all__ = ["fits_protobuf", "load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
+__all__ = ["fits_protobuf", "write_json", "load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
 
 PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024
@@ -84,6 +84,14 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    """Write `data` as indented JSON, atomically (reports, sidecars)."""
+    import json
+
+    text = json.dumps(data, indent=2, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def _new_temp_file(path: Path) -> str:
