@@ -1,0 +1,190 @@
+"""The handler table: how each op moves channels, and how each layer is cut.
+
+A handler's `propagate(ctx)` returns the label of the node's output (see graph.py) and
+records couplings on `ctx.tracker`. A layer handler also names its parameter axes (*slots*),
+gives the weights behind each slot for importance scores, and `shrink`s the layer given the
+indices to keep per slot. Users add their own layers with `register_handler`::
+
+    class MyScaleHandler(Handler):
+        def propagate(self, ctx):
+            ctx.tracker.slot(ctx.name, "ch", ctx.input_label(0), 1, "MyScale")
+            return ctx.input_label(0)
+        def weights(self, module, slot):
+            return [(module.scale, 0)]
+        def shrink(self, module, keep):
+            module.scale = nn.Parameter(module.scale[keep["ch"]])
+
+    register_handler(MyScale, MyScaleHandler())
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .graph import NodeContext
+from .labels import channel_label, compact, rows
+
+__all__ = ["Handler", "register_handler", "lookup_handler", "handler_for", "Pointwise", "Channelwise", "Opaque",
+           "ApplyToLabels", "param_slice"]
+
+_MODULES: dict[type, "Handler"] = {}
+_FUNCTIONS: dict[Any, "Handler"] = {}
+_METHODS: dict[str, "Handler"] = {}
+
+
+class Handler:
+    """Base handler. Subclasses override `propagate`; layer handlers also `weights` and `shrink`."""
+
+    def propagate(self, ctx: NodeContext):
+        raise NotImplementedError
+
+    def weights(self, module: nn.Module, slot: str) -> list[tuple[torch.Tensor, int]]:
+        """(parameter, axis) pairs whose slices along `axis` belong to the slot's channels."""
+        return []
+
+    def scale(self, module: nn.Module, slot: str) -> torch.Tensor | None:
+        """A per-channel scale for the `bn` criterion (BatchNorm's gamma), if the layer has one."""
+        return None
+
+    def shrink(self, module: nn.Module, keep: dict[str, torch.Tensor]) -> nn.Module | None:
+        """Cut `module` to the kept indices per slot; return a replacement or None (changed in place)."""
+        return None
+
+
+def register_handler(key, handler: Handler) -> None:
+    """Register `handler` for a module class, a function (torch.cat, operator.add) or a method name ("view")."""
+    if isinstance(key, type) and issubclass(key, nn.Module):
+        _MODULES[key] = handler
+    elif isinstance(key, str):
+        _METHODS[key] = handler
+    elif callable(key):
+        _FUNCTIONS[key] = handler
+    else:
+        raise TypeError(f"cannot register a prune handler for {key!r}")
+
+
+def lookup_handler(node, module) -> Handler | None:
+    _load_builtin()
+    if node.op == "call_module":
+        return handler_for(module)
+    if node.op == "call_function":
+        return _FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return _METHODS.get(node.target)
+    return None
+
+
+def handler_for(module: nn.Module) -> Handler | None:
+    """The handler of a layer (by class, most specific first), or None."""
+    _load_builtin()
+    for cls in type(module).__mro__:
+        if cls in _MODULES:
+            return _MODULES[cls]
+    return None
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from . import attention, functional, layers, transformer  # noqa: F401  (importing registers handlers)
+
+
+def param_slice(t: torch.Tensor | None, index: torch.Tensor, dim: int):
+    """`t` cut to `index` along `dim`, a Parameter again if it was one (None stays None)."""
+    if t is None:
+        return None
+    new = t.detach().index_select(dim, index)
+    return nn.Parameter(new, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else new
+
+
+# ---- generic op kinds ----------------------------------------------------------------------
+
+class Pointwise(Handler):
+    """Elementwise ops: inputs are coupled position by position (residual add, SE gate mul)."""
+
+    def propagate(self, ctx):
+        shape = ctx.out.shape
+        tracked, untracked_args = [], []
+        for val, lab in zip(_flat_values((ctx.args, ctx.kwargs)), _flat_values((ctx.arg_labels, ctx.kwarg_labels))):
+            if not isinstance(val, torch.Tensor) or val.dim() == 0:
+                continue
+            if lab is None or not bool((compact(lab) >= 0).any()):
+                untracked_args.append(val)
+            else:
+                tracked.append(torch.broadcast_to(lab, shape))
+        if not tracked:
+            return ctx.untracked_out()
+        # After the union every operand names the same classes; keep the cheapest (most broadcast).
+        tracked.sort(key=lambda lab: compact(lab).numel())
+        first = tracked[0]
+        for other in tracked[1:]:
+            ctx.tracker.union(first, other, f"{ctx.describe()} combines it elementwise with other channels")
+        for val in untracked_args:
+            # An untracked operand of size 1 along the channel axes does not care about channels.
+            spread = [d for d in range(first.dim()) if first.stride(d) != 0 and first.shape[d] > 1]
+            off = first.dim() - val.dim()
+            if any(d - off >= 0 and val.shape[d - off] > 1 for d in spread):
+                ctx.tracker.pin(first, f"{ctx.describe()} combines it with a tensor whose channels are not followed")
+        return first
+
+
+def _flat_values(value) -> list:
+    out = []
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            out.extend(_flat_values(v))
+    elif isinstance(value, dict):
+        for v in value.values():
+            out.extend(_flat_values(v))
+    else:
+        out.append(value)
+    return out
+
+
+class Channelwise(Handler):
+    """Ops that keep axis `dim` and mix the others (pooling, resizing, padding of spatial axes)."""
+
+    def __init__(self, dim: int = 1):
+        self.dim = dim
+
+    def propagate(self, ctx):
+        lab = ctx.input_label(0)
+        if not isinstance(ctx.out, torch.Tensor) or ctx.out.dim() != lab.dim() or lab.dim() <= self.dim:
+            ctx.pin_inputs(f"{ctx.describe()} changes the rank; channels cannot be followed")
+            return ctx.untracked_out()
+        r = rows(lab, self.dim)
+        rep = r.amax(1)
+        ctx.tracker.union(rep[:, None].expand_as(r), r, f"{ctx.describe()} mixes positions of one channel")
+        return channel_label(rep, ctx.out.shape, self.dim)
+
+
+class Opaque(Handler):
+    """Ops whose channels cannot be followed: inputs stay whole, the output is untracked."""
+
+    def __init__(self, why: str = "channels cannot be followed through it"):
+        self.why = why
+
+    def propagate(self, ctx):
+        ctx.pin_inputs(f"{ctx.describe()}: {self.why}")
+        return ctx.untracked_out()
+
+
+class ApplyToLabels(Handler):
+    """Pure data movement: run the op itself on the labels (module form, e.g. nn.Flatten)."""
+
+    def propagate(self, ctx):
+        return ctx.module(ctx.input_label(0))
+
+
+def registered(kind: str) -> dict:
+    """The table itself (read-only use): 'modules', 'functions' or 'methods'."""
+    _load_builtin()
+    return {"modules": _MODULES, "functions": _FUNCTIONS, "methods": _METHODS}[kind]
+
