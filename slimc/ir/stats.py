@@ -131,12 +131,27 @@ def _fx_macs(gm, example_inputs) -> int:
     modules, functions = _module_table(), _function_table()
     total = 0
 
+    class _InsideLeaf(torch.overrides.TorchFunctionMode):
+        """Counts the function-table calls a custom leaf module makes in its own forward()."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            nonlocal total
+            out = func(*args, **(kwargs or {}))
+            fn = functions.get(func)
+            if fn is not None and isinstance(out, torch.Tensor):
+                total += fn(args, out)
+            return out
+
     class _Counter(torch.fx.Interpreter):
         def call_module(self, target, args, kwargs):
             nonlocal total
-            out = super().call_module(target, args, kwargs)
             mod = self.module.get_submodule(target)
             fn = modules.get(type(mod))
+            if fn is None and any(True for _ in mod.children()):
+                # A leaf with submodules of its own (e.g. a pruned attention block): look inside.
+                with _InsideLeaf():
+                    return super().call_module(target, args, kwargs)
+            out = super().call_module(target, args, kwargs)
             if fn is not None and args and isinstance(args[0], torch.Tensor):
                 first = out[0] if isinstance(out, tuple) else out
                 total += fn(mod, args[0], first)

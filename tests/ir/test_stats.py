@@ -163,3 +163,33 @@ def test_stats_as_dict():
     s = Stats(10, 20, 3, {"Conv": 2, "Relu": 1})
     assert s.as_dict() == {"params": 10, "macs": 20, "nodes": 3}
     assert s.as_dict(with_ops=True)["ops"] == {"Conv": 2, "Relu": 1}
+
+
+def test_custom_leaf_module_macs_are_counted_inside():
+    """A leaf module of the user's own (kept whole by the tracer) is looked into for linears and matmuls."""
+    import torch
+    import torch.nn as nn
+
+    from slimc.frontend.trace import trace_module
+    from slimc.ir.stats import fx_stats
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.proj(x)  # 5x8 @ 8x4: 5*4*8 = 160 MACs
+            return torch.matmul(y, y.transpose(0, 1))  # 5x4 @ 4x5: 5*5*4 = 100 MACs
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x)
+
+    gm = trace_module(Net().eval(), leaf_modules=["block"])
+    assert [n.op for n in gm.graph.nodes].count("call_module") == 1
+    assert fx_stats(gm, (torch.randn(5, 8),)).macs == 260

@@ -94,6 +94,9 @@ def _load_builtin() -> None:
     if not _LOADED:
         _LOADED = True
         from . import attention, functional, layers, transformer  # noqa: F401  (importing registers handlers)
+        from .onnx2torch_ops import register_onnx2torch_handlers
+
+        register_onnx2torch_handlers()
 
 
 def param_slice(t: torch.Tensor | None, index: torch.Tensor, dim: int):
