@@ -24,14 +24,15 @@ def fidelity(reference: Callable, candidate: Callable, input_sets: Sequence[Sequ
         return {"error": f"output shape {ref.shape} became {got.shape}"}
     diff = got - ref
     denom = float(np.linalg.norm(ref)) or 1.0
-    cos_den = float(np.linalg.norm(ref) * np.linalg.norm(got)) or 1.0
+    cos_den = float(np.linalg.norm(ref) * np.linalg.norm(got))
     top1 = None
     if ref.ndim == 2 and ref.shape[1] > 1:
         top1 = float(np.mean(ref.argmax(axis=1) == got.argmax(axis=1)))
     return {
         "max_abs_err": float(np.max(np.abs(diff))) if diff.size else 0.0,
         "rel_err": float(np.linalg.norm(diff) / denom),
-        "cosine": float(np.sum(ref * got) / cos_den),
+        # Two all-zero outputs agree exactly; one zero output against another has no direction to compare.
+        "cosine": float(np.sum(ref * got) / cos_den) if cos_den else float(not np.any(ref) and not np.any(got)),
         "top1_agreement": top1,
         "samples": int(ref.shape[0]),
     }

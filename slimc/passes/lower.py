@@ -47,7 +47,9 @@ class ToOnnx(Pass):
         with tempfile.TemporaryDirectory(prefix="slimc-export-") as tmp:
             path = os.path.join(tmp, "model.onnx")
             try:
-                with warnings.catch_warnings(), torch.no_grad():
+                # Not under no_grad: there nn.MultiheadAttention takes its fused fast path
+                # (aten::_native_multi_head_attention), which the TorchScript exporter cannot export.
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     if self.exporter == "dynamo":
                         # Positional: a dict would need forward()'s argument names, not the ONNX input names.

@@ -98,3 +98,23 @@ def test_export_failure_is_a_clear_error(tiny_cnn, tiny_input):
 def test_to_onnx_options_print():
     assert ToOnnx().print() == "to-onnx{opset=17 dynamic-batch=auto exporter=torchscript}"
     assert ToOnnx.level == "fx" and ToOnnx().output_level == "onnx" and ToOnnx.lossless
+
+
+def test_attention_exports_outside_the_fused_fast_path():
+    """Under no_grad nn.MultiheadAttention takes a fused path the TorchScript exporter cannot export."""
+    import torch
+    import torch.nn as nn
+
+    import slimc
+
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    result = slimc.compile(Attn().eval(), torch.randn(2, 5, 16), pipeline="to-onnx", fidelity_samples=2)
+    assert result.report["fidelity"]["max_abs_err"] < 1e-5
+    assert result.report["fidelity"]["cosine"] > 0.99999

@@ -1,0 +1,329 @@
+"""OpenVINO: the final ONNX converted to an OpenVINO model and compiled for an Intel device (CPU by default).
+
+Options (all optional; `--backend-option key=value` on the command line):
+
+    device            OpenVINO device name, default 'CPU'
+    hint              performance hint: LATENCY (default) | THROUGHPUT | CUMULATIVE_THROUGHPUT
+    threads           inference threads, 0 = OpenVINO's default
+    streams           execution streams, 0 = what the hint picks
+    precision         inference precision: auto (default) | f32 | f16 | bf16; 'auto' keeps an fp32 graph
+                      in f32 (OpenVINO's CPU default may be bf16 on AMX/AVX512-BF16 machines, which is lossy)
+    cache_dir         OpenVINO model cache directory (compiled blobs are reused across runs)
+    compress_to_fp16  store weights as fp16 in the saved IR (default false: lossless)
+
+Example::
+
+    result = slimc.compile(model, x, backend="openvino", backend_options={"hint": "LATENCY", "threads": 4})
+    result.artifact.save("out/")          # out/model.xml, out/model.bin, out/model.json
+    art = OpenVinoArtifact.load("out/model.xml")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import SlimcError, closest
+from ..ir.onnx_io import save_onnx
+from .base import Artifact, Backend, register_backend
+
+__all__ = ["OpenVinoBackend", "OpenVinoArtifact", "OpenVinoOptions", "KNOWN_OPTIONS"]
+
+KNOWN_OPTIONS = ("device", "hint", "threads", "streams", "precision", "cache_dir", "compress_to_fp16")
+_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
+_PRECISIONS = {"auto": None, "f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
+
+
+def _as_bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise SlimcError(f"openvino option {key}={value!r} is not a boolean (true/false).")
+
+
+def _as_count(key: str, value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise SlimcError(f"openvino option {key}={value!r} is not a non-negative integer.")
+    return n
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """The backend options after checking (see the module docstring)."""
+
+    device: str = "CPU"
+    hint: str = "LATENCY"
+    threads: int = 0
+    streams: int = 0
+    precision: str = "auto"
+    cache_dir: str | None = None
+    compress_to_fp16: bool = False
+
+    @classmethod
+    def parse(cls, options: dict) -> "OpenVinoOptions":
+        unknown = sorted(set(options) - set(KNOWN_OPTIONS))
+        if unknown:
+            hints = "".join(closest(k, KNOWN_OPTIONS) for k in unknown)
+            raise SlimcError(f"unknown openvino option(s): {', '.join(unknown)}{hints}; known: {', '.join(KNOWN_OPTIONS)}.")
+        o = dict(options)
+        hint = str(o.get("hint", "LATENCY")).strip().upper()
+        if hint not in _HINTS:
+            raise SlimcError(f"openvino hint '{o['hint']}' is not one of {', '.join(_HINTS)}.")
+        precision = str(o.get("precision", "auto")).strip().lower()
+        if precision not in _PRECISIONS:
+            raise SlimcError(f"openvino precision '{o['precision']}' is not one of auto, f32, f16, bf16.")
+        cache_dir = o.get("cache_dir")
+        return cls(
+            device=str(o.get("device", "CPU")).strip() or "CPU",
+            hint=hint,
+            threads=_as_count("threads", o.get("threads", 0)),
+            streams=_as_count("streams", o.get("streams", 0)),
+            precision=_PRECISIONS[precision] or "auto",
+            cache_dir=str(cache_dir) if cache_dir not in (None, "") else None,
+            compress_to_fp16=_as_bool("compress_to_fp16", o.get("compress_to_fp16", False)),
+        )
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in KNOWN_OPTIONS}
+
+
+def _onnx_float_types(model) -> set[str]:
+    """Float element types of the graph's inputs, outputs and initializers ('float32', 'float16', ...)."""
+    from onnx import TensorProto
+
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16",
+             TensorProto.DOUBLE: "float64"}
+    g = model.graph
+    types = {names.get(t.data_type) for t in g.initializer}
+    types |= {names.get(v.type.tensor_type.elem_type) for v in list(g.input) + list(g.output)}
+    types |= {names.get(n.attribute[0].t.data_type) for n in g.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].type == n.attribute[0].TENSOR}
+    return {t for t in types if t}
+
+
+def _ov_float_types(model) -> set[str]:
+    """Float element types seen in an ov.Model's parameters and constants."""
+    names = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64"}
+    types = set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in ("Parameter", "Constant"):
+            types.add(names.get(op.get_output_element_type(0).get_type_name()))
+    return {t for t in types if t}
+
+
+def _resolve_precision(requested: str, float_types: set[str], core, device: str) -> tuple[str | None, list[str]]:
+    """The INFERENCE_PRECISION_HINT to set (None: the device default) and notes for the report."""
+    notes = []
+    if requested != "auto":
+        return requested, notes
+    if "float16" in float_types or "bfloat16" in float_types:
+        try:
+            caps = [str(c).upper() for c in core.get_property(device, "OPTIMIZATION_CAPABILITIES")]
+        except Exception:  # some devices do not report capabilities
+            caps = []
+        low = "float16" if "float16" in float_types else "bfloat16"
+        if low == "float16" and "FP16" in caps:
+            notes.append("the graph holds float16 tensors; inference precision hint set to f16")
+            return "f16", notes
+        if low == "bfloat16" and "BF16" in caps:
+            notes.append("the graph holds bfloat16 tensors; inference precision hint set to bf16")
+            return "bf16", notes
+        # bf16 keeps fewer mantissa bits than fp16, so it would be lossier than the graph itself asks for.
+        notes.append(f"the graph holds {low} tensors but {device} has no native {low} compute; it runs in f32 "
+                     "(weights upcast when loaded); precision=bf16 trades accuracy for speed where supported")
+        return "f32", notes
+    # An fp32 graph stays fp32: OpenVINO's CPU plugin would otherwise pick bf16 on AVX512-BF16/AMX machines.
+    return "f32", notes
+
+
+class OpenVinoArtifact(Artifact):
+    """An ov.Model compiled for one device, with one infer request ready to run."""
+
+    backend: ClassVar[str] = "openvino"
+
+    def __init__(self, model, options: OpenVinoOptions | None = None, float_types: set[str] | None = None):
+        import openvino as ov
+
+        self.options = options or OpenVinoOptions()
+        self.model = model
+        self.core = ov.Core()
+        if self.options.cache_dir:
+            Path(self.options.cache_dir).mkdir(parents=True, exist_ok=True)
+        types = float_types if float_types is not None else _ov_float_types(model)
+        self.precision, self.notes = _resolve_precision(self.options.precision, types, self.core, self.options.device)
+        self.config = self._config()
+        try:
+            self.compiled = self.core.compile_model(model, self.options.device, self.config)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SlimcError(f"OpenVINO cannot compile this model for {self.options.device}: {first}") from None
+        self.request = self.compiled.create_infer_request()
+        self.input_names = [p.get_any_name() for p in self.compiled.inputs]
+
+    def _config(self) -> dict:
+        import openvino.properties as props
+        import openvino.properties.hint as hints
+
+        o = self.options
+        config = {hints.performance_mode: getattr(hints.PerformanceMode, o.hint)}
+        if o.threads:
+            config[props.inference_num_threads] = o.threads
+        if o.streams:
+            config[props.num_streams] = o.streams
+        if self.precision:
+            config[hints.inference_precision] = self.precision
+        if o.cache_dir:
+            config[props.cache_dir] = o.cache_dir
+        return config
+
+    @classmethod
+    def load(cls, path, **options) -> "OpenVinoArtifact":
+        """Read a saved IR (`model.xml` + `.bin`); options default to the ones in its `.json` sidecar."""
+        import openvino as ov
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / "model.xml"
+        if not path.is_file() or not path.with_suffix(".bin").is_file():
+            raise SlimcError(f"OpenVINO IR '{path}' (with its .bin) does not exist.")
+        sidecar = path.with_suffix(".json")
+        saved = {}
+        if sidecar.is_file():
+            saved = json.loads(sidecar.read_text()).get("options", {})
+        merged = {k: v for k, v in {**saved, **options}.items() if k in KNOWN_OPTIONS and v is not None}
+        model = ov.Core().read_model(str(path))
+        artifact = cls(model, OpenVinoOptions.parse(merged))
+        artifact.path = str(path)
+        return artifact
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_names):
+            raise SlimcError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"got {len(inputs)}.")
+        result = self.request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(inputs)}, share_inputs=True)
+        return [np.array(result[out]) for out in self.compiled.outputs]
+
+    def sample_inputs(self, batch: int = 1) -> list[np.ndarray]:
+        rng = np.random.default_rng(0)
+        out = []
+        for p in self.compiled.inputs:
+            shape = [d.get_length() if d.is_static else batch for d in p.get_partial_shape()]
+            dt = p.get_element_type().to_dtype()
+            out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating)
+                       else np.zeros(shape, dtype=dt))
+        return out
+
+    def signature(self) -> dict:
+        def sig(ports):
+            return [{"name": p.get_any_name(), "shape": str(p.get_partial_shape()),
+                     "type": str(p.get_element_type().to_dtype())} for p in ports]
+
+        return {"inputs": sig(self.compiled.inputs), "outputs": sig(self.compiled.outputs)}
+
+    def property(self, name: str):
+        """A property of the compiled model, e.g. 'PERFORMANCE_HINT' or 'INFERENCE_NUM_THREADS'."""
+        return self.compiled.get_property(name)
+
+    def describe(self) -> dict:
+        import openvino as ov
+
+        applied = {}
+        for key in ("PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT"):
+            try:
+                value = self.compiled.get_property(key)
+                applied[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+            except Exception:  # not every device reports every property
+                pass
+        return {"backend": self.backend, "openvino": ov.__version__, "options": self.options.as_dict(),
+                "compiled_properties": applied, "notes": list(self.notes)}
+
+    def save(self, path, compress_to_fp16: bool | None = None) -> str:
+        """`path` (.xml) + `.bin` beside it + `.json` sidecar; a directory gets `model.xml`.
+
+        Each file is written under a temporary name in the same directory and renamed into place
+        (.bin first, then .xml, then .json), so readers never see a half-written file.
+        """
+        import openvino as ov
+
+        path = Path(path)
+        if path.suffix != ".xml":
+            path = path / "model.xml"
+        compress = self.options.compress_to_fp16 if compress_to_fp16 is None else bool(compress_to_fp16)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        except OSError as exc:
+            raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
+        tmp_xml = Path(tmpdir) / "model.xml"
+        try:
+            ov.save_model(self.model, str(tmp_xml), compress_to_fp16=compress)
+            sidecar = {**self.describe(), **self.signature(), "compress_to_fp16": compress}
+            tmp_json = Path(tmpdir) / "model.json"
+            tmp_json.write_text(json.dumps(sidecar, indent=2, default=str))
+            os.replace(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp_xml, path)
+            os.replace(tmp_json, path.with_suffix(".json"))
+        finally:
+            for leftover in Path(tmpdir).glob("*"):
+                leftover.unlink()
+            os.rmdir(tmpdir)
+        self.path = str(path)
+        return self.path
+
+    def close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+
+def convert_onnx(model):
+    """An ov.Model from an onnx.ModelProto (through a temp file, external data when over 2 GiB)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="slimc-ov-") as tmp:
+        path = save_onnx(model, os.path.join(tmp, "model.onnx"))
+        try:
+            # convert_model prints progress when '--verbose' is anywhere in sys.argv; keep stdout clean.
+            with contextlib.redirect_stdout(io.StringIO()):
+                return ov.convert_model(str(path))
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SlimcError(f"OpenVINO cannot convert this ONNX model: {first}") from None
+
+
+@register_backend
+@dataclass(frozen=True)
+class OpenVinoBackend(Backend):
+    """Options: device, hint, threads, streams, precision, cache_dir, compress_to_fp16 (see module doc)."""
+
+    name: ClassVar[str] = "openvino"
+    consumes: ClassVar[str] = "onnx"
+    extra: ClassVar[str | None] = "openvino"
+
+    def __post_init__(self):
+        OpenVinoOptions.parse(self.options)  # bad options fail at get_backend, before any pass runs
+
+    def available(self) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("openvino") is not None
+
+    def build(self, program) -> OpenVinoArtifact:
+        opts = OpenVinoOptions.parse(self.options)
+        self.require("openvino")
+        return OpenVinoArtifact(convert_onnx(program.ir), opts, float_types=_onnx_float_types(program.ir))
