@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := out/demo
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-runtimes venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_compile.py
+
+bench-runtimes: $(STAMP)
+	$(BIN)/python tools/bench_runtimes.py --models resnet50,mobilenet_v2 --batch 1,8
 
 clean:
 	rm -rf out .pytest_cache
