@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := out/demo
 
-.PHONY: demo test bench bench-runtimes venv clean
+.PHONY: demo test bench venv clean
 
 venv: $(STAMP)
 
@@ -27,10 +27,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks print tables; ratios are against baselines measured in the same run.
 bench: $(STAMP)
 	$(BIN)/python tools/bench_compile.py
-
-bench-runtimes: $(STAMP)
 	$(BIN)/python tools/bench_runtimes.py --models resnet50,mobilenet_v2 --batch 1,8
 
 clean:
