@@ -22,12 +22,25 @@ PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024
 
 
+def _weight_bytes(model) -> int:
+    """Bytes held by the initializers, read from field lengths (no protobuf size walk, which costs
+    ~0.2 s on resnet50)."""
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) \
+            + 8 * (len(t.int64_data) + len(t.double_data) + len(t.uint64_data))
+    return total
+
+
+# Below this many bytes of weights, the rest of a graph cannot push it past the limit.
+_SURELY_FITS = PROTOBUF_LIMIT - 256 * 2**20
+
+
 def model_size_bytes(model) -> int:
     """Serialized size; protobuf refuses to even measure a message past 2 GiB, so say 'over'."""
     from google.protobuf.message import EncodeError
 
-    # The weights dominate; measuring them one by one avoids a slow failed pass over a huge message.
-    if sum(t.ByteSize() for t in model.graph.initializer) >= PROTOBUF_LIMIT:
+    if _weight_bytes(model) >= PROTOBUF_LIMIT:
         return PROTOBUF_LIMIT
     try:
         return model.ByteSize()
@@ -36,6 +49,9 @@ def model_size_bytes(model) -> int:
 
 
 def fits_protobuf(model) -> bool:
+    """Whether the model serialises into one protobuf (under 2 GiB)."""
+    if _weight_bytes(model) < _SURELY_FITS:
+        return True
     return model_size_bytes(model) < PROTOBUF_LIMIT
 
 
@@ -116,7 +132,7 @@ def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None)
 
     path = Path(path)
     if external_data is None:
-        external_data = model_size_bytes(model) >= PROTOBUF_LIMIT
+        external_data = not fits_protobuf(model)
     if not external_data:
         atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
         return path

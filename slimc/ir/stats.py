@@ -173,9 +173,35 @@ def _fx_macs(gm, example_inputs) -> int:
                 total += _matmul_macs(args, out)
             return out
 
+    # Shapes are all MACs need. On meta tensors nothing is computed, but swapping every parameter
+    # costs per tensor: it pays off for big models (resnet50: 0.05 s instead of 0.08 s), not small ones.
+    if sum(p.numel() for p in gm.parameters()) > 10_000_000:
+        try:
+            with torch.no_grad(), _on_meta(gm) as meta_inputs_of:
+                _Counter(gm).run(*meta_inputs_of(example_inputs))
+            return int(total)
+        except Exception:  # data-dependent code (.item(), nonzero) needs real values
+            total = 0
     with torch.no_grad():
         _Counter(gm).run(*example_inputs)
     return int(total)
+
+
+def _on_meta(module):
+    """Context: the module's parameters and buffers swapped for meta tensors; yields an input converter."""
+    import contextlib
+
+    import torch
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    tensors = {k: v.to("meta") for k, v in list(module.named_parameters()) + list(module.named_buffers())}
+
+    @contextlib.contextmanager
+    def swapped():
+        with _reparametrize_module(module, tensors):
+            yield lambda inputs: tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
+
+    return swapped()
 
 
 # ---- ONNX ----------------------------------------------------------------------------
