@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     args = ap.parse_args()
     light = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-    print(f"| model | MMACs before | MMACs after | Mparams before | Mparams after | s | result |")
+    print("| model | MMACs before | MMACs after | Mparams before | Mparams after | s | result |")
     print("|---|---|---|---|---|---|---|")
     for path in sorted(glob.glob(os.path.join(light, "*.onnx"))):
         name = os.path.basename(path)[len("light_"):-len(".onnx")]

@@ -214,7 +214,6 @@ def onnx_stats(model, example_inputs=()) -> Stats:
 
     example_inputs fix symbolic input dimensions (a dynamic batch) to the shapes being compiled for.
     """
-    import onnx
 
     graph = model.graph
     params = sum(_numel(t.dims) for t in graph.initializer if t.data_type in _FLOAT_TYPES)
@@ -230,7 +229,6 @@ def onnx_stats(model, example_inputs=()) -> Stats:
 def _without_big_weights(model):
     """The graph with large initializers declared as inputs: shape inference needs their shapes,
     not their bytes, and copying a few hundred MB of weights through protobuf would dominate."""
-    import onnx
     from onnx import helper
 
     g = model.graph

@@ -17,7 +17,7 @@ from typing import ClassVar
 
 from ...errors import SlimcError
 from ..registry import Pass, PassResult, register_pass
-from ._graph import set_submodule
+from ._graph import private_copy, require_traced, set_submodule, single_threaded, unshare
 
 __all__ = ["GroupConv"]
 
@@ -56,30 +56,16 @@ class GroupConv(Pass):
         return hash((self.groups, self.permute, self.min_channels, self.ignore, tuple(sorted(self.layers.items()))))
 
     def apply(self, program) -> PassResult:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small tensor ops: see prune-channels
-        try:
+        with single_threaded():
             return self._apply(program)
-        finally:
-            torch.set_num_threads(threads)
 
     def _apply(self, program) -> PassResult:
-        import torch
-        import torch.fx
 
         from .grouping.partition import contiguous_blocks, kept_mass, mass_of
-        from .grouping.permute import private_copy
         from .grouping.plan import plan_and_permute
         from .prune.graph import analyze, output_shapes
 
-        if not isinstance(program.ir, torch.fx.GraphModule):
-            raise SlimcError(f"group-conv works on a torch.fx GraphModule, got {type(program.ir).__name__}; "
-                             "load the model through slimc's frontend (it traces it) or torch.fx.symbolic_trace.")
-        if not program.example_inputs:
-            raise SlimcError("group-conv needs example inputs to follow channels through the graph; "
-                             "give the model's input shape when compiling.")
+        require_traced(program, "group-conv")
         gm = private_copy(program.ir).eval()
         candidates, skipped = self._candidates(gm)
         if not candidates:
@@ -116,7 +102,7 @@ class GroupConv(Pass):
                 totals[k] += row[k]
         gm.graph.lint()
         gm.recompile()
-        _unshare(gm, program.ir)
+        unshare(gm, program.ir)
         got = output_shapes(gm, program.example_inputs)
         if got != reference:  # pragma: no cover - a grouped conv keeps its shapes
             raise SlimcError(f"group-conv changed the output shapes from {reference} to {got}; this is a bug.")
@@ -217,17 +203,3 @@ def _out_numels(gm, example_inputs, names) -> dict[str, int]:
         for h in hooks:
             h.remove()
     return sizes
-
-
-def _unshare(gm, original) -> None:
-    """Clone every tensor of `gm` still shared with `original`, so fine-tuning the result leaves it alone."""
-    import torch.nn as nn
-
-    theirs = {id(t) for t in list(original.parameters()) + list(original.buffers())}
-    for module in gm.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None and id(p) in theirs:
-                module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for name, b in list(module._buffers.items()):
-            if b is not None and id(b) in theirs:
-                module._buffers[name] = b.clone()

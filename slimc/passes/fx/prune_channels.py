@@ -10,12 +10,12 @@ cannot follow is left whole, and `explain=true` lists which node kept which grou
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from ...errors import SlimcError
 from ..registry import Pass, PassResult, register_pass
+from ._graph import private_copy, require_traced, single_threaded, unshare
 
 __all__ = ["PruneChannels"]
 
@@ -64,30 +64,15 @@ class PruneChannels(Pass):
                      tuple(sorted(self.ratios.items())), self.explain, self.seed))
 
     def apply(self, program) -> PassResult:
-        import torch
-
-        # Mostly small tensor ops: OpenMP fan-out costs more than it gains (resnet50 at 224 on a
-        # busy 2-core machine: 0.7 s with one thread, 3.5 s with two).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with single_threaded():
             return self._apply(program)
-        finally:
-            torch.set_num_threads(threads)
 
     def _apply(self, program) -> PassResult:
         from .prune import analyze, apply_cut, choose_removals, unit_scores
         from .prune.graph import output_shapes
 
-        import torch.fx
-
-        if not isinstance(program.ir, torch.fx.GraphModule):
-            raise SlimcError(f"prune-channels works on a torch.fx GraphModule, got {type(program.ir).__name__}; "
-                             "load the model through slimc's frontend (it traces it) or torch.fx.symbolic_trace.")
-        if not program.example_inputs:
-            raise SlimcError("prune-channels needs example inputs to follow channels through the graph; "
-                             "give the model's input shape when compiling.")
-        gm = _private_copy(program.ir, share_weights=self.criterion != "taylor").eval()
+        require_traced(program, "prune-channels")
+        gm = private_copy(program.ir, share_weights=self.criterion != "taylor").eval()
         params_before = sum(p.numel() for p in gm.parameters())
         analysis = analyze(gm, program.example_inputs, ignore=self.ignore)
         reference = analysis.output_shapes
@@ -96,7 +81,7 @@ class PruneChannels(Pass):
         removed = choose_removals(analysis.groups, scores, self.ratio, self.scope, self.round_to,
                                   self.min_channels, self.ratios)
         changed = apply_cut(analysis, removed) if removed else []
-        _unshare(gm, program.ir)
+        unshare(gm, program.ir)
         try:
             got = output_shapes(gm, program.example_inputs)
         except Exception as exc:  # a rewrite the analysis missed: say where, do not return a broken model
@@ -149,24 +134,3 @@ class PruneChannels(Pass):
 
 
 
-def _private_copy(gm, share_weights: bool):
-    """A copy of `gm` whose structure is private. With `share_weights` the tensors are still the
-    caller's until `_unshare`: most get replaced by smaller slices, so copying them first is waste."""
-    if not share_weights:
-        return copy.deepcopy(gm)
-    memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
-    return copy.deepcopy(gm, memo)
-
-
-def _unshare(gm, original) -> None:
-    """Clone every parameter and buffer of `gm` that is still an object of `original`."""
-    import torch.nn as nn
-
-    theirs = {id(t) for t in list(original.parameters()) + list(original.buffers())}
-    for module in gm.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None and id(p) in theirs:
-                module._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
-        for name, b in list(module._buffers.items()):
-            if b is not None and id(b) in theirs:
-                module._buffers[name] = b.clone()

@@ -18,7 +18,7 @@ from ..prune.graph import ChannelAnalysis, ChannelGroup
 from ..prune.handlers import handler_for
 from ..prune.labels import compact
 
-__all__ = ["permutable_groups", "permutation_indices", "apply_permutation", "private_copy"]
+__all__ = ["permutable_groups", "permutation_indices", "apply_permutation"]
 
 # Layers whose prune handler cuts with index_select in the order given (checked in
 # prune/layers.py): a permuted index list reorders them exactly.
@@ -167,11 +167,3 @@ def apply_permutation(analysis: ChannelAnalysis, orders: dict[str, torch.Tensor]
                 for (m, slot), atoms in analysis.tracker.slots.items() if m == module}
         handler_for(mod).shrink(mod, keep)
     return modules
-
-
-def private_copy(gm):
-    """A copy of `gm` with private modules that still shares the caller's tensors (replaced, never written)."""
-    import copy
-
-    memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
-    return copy.deepcopy(gm, memo)

@@ -20,6 +20,7 @@ def plan_and_permute(analysis, candidates, example_inputs):
     """
     import torch
 
+    from .._graph import private_copy
     from . import permute
     from .partition import cocluster, contiguous_blocks, mass_of, order_from_blocks
 
@@ -47,7 +48,7 @@ def plan_and_permute(analysis, candidates, example_inputs):
     if not orders:
         return analysis.gm, {}, skipped, "no group needed reordering"
     gm = analysis.gm
-    backup = permute.private_copy(gm)
+    backup = private_copy(gm)
     with torch.no_grad():
         before = gm(*example_inputs)
         permute.apply_permutation(analysis, orders)
