@@ -111,16 +111,21 @@ class PadAveragePool(_PadInto):
     op_type: ClassVar[str] = "AveragePool"
 
     def _extra_check(self, node, merged, result) -> MatchResult:
-        if attr_int(node, "ceil_mode", 0):
-            return result.fail("ceil_mode=1: windows past the end would count the padding differently")
         if not attr_int(node, "count_include_pad", 0):
             return result.fail("AveragePool has count_include_pad=0: padded zeros would not be averaged")
-        kernel = attr_ints(node, "kernel_shape", [])
-        dil = attr_ints(node, "dilations", [1] * len(kernel))
-        spatial = len(kernel)
-        if any(max(merged[i], merged[spatial + i]) >= (kernel[i] - 1) * dil[i] + 1 for i in range(spatial)):
-            return result.fail("the merged padding is not smaller than the pooling window")
-        return result
+        return _pool_window_check(node, merged, result)
+
+
+def _pool_window_check(node, merged, result) -> MatchResult:
+    """What both pools need: no ceil_mode, and every merged pad smaller than the (dilated) window."""
+    if attr_int(node, "ceil_mode", 0):
+        return result.fail("ceil_mode=1: windows past the end would count the padding differently")
+    kernel = attr_ints(node, "kernel_shape", [])
+    dil = attr_ints(node, "dilations", [1] * len(kernel))
+    spatial = len(kernel)
+    if any(max(merged[i], merged[spatial + i]) >= (kernel[i] - 1) * dil[i] + 1 for i in range(spatial)):
+        return result.fail("the merged padding is not smaller than the pooling window")
+    return result
 
 
 class PadMaxPool(PadAveragePool):
@@ -128,16 +133,9 @@ class PadMaxPool(PadAveragePool):
     pad_value: ClassVar[float] = -np.inf
 
     def _extra_check(self, node, merged, result) -> MatchResult:
-        if attr_int(node, "ceil_mode", 0):
-            return result.fail("ceil_mode=1: windows past the end would count the padding differently")
         if attr_int(node, "storage_order", 0):
             return result.fail("MaxPool with storage_order=1")
-        kernel = attr_ints(node, "kernel_shape", [])
-        dil = attr_ints(node, "dilations", [1] * len(kernel))
-        spatial = len(kernel)
-        if any(max(merged[i], merged[spatial + i]) >= (kernel[i] - 1) * dil[i] + 1 for i in range(spatial)):
-            return result.fail("the merged padding is not smaller than the pooling window")
-        return result
+        return _pool_window_check(node, merged, result)
 
 
 RULES = {
