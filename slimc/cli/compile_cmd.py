@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import profile_cmd
 from .common import add_model_args, add_pipeline_args, human, pipeline_text, print_pass_table
 
 DEFAULT = "fuse-bn,to-onnx,simplify"
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of --finetune (default 1)")
     p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
                    help="time the artifact over ITERS runs after compiling")
+    profile_cmd.add_compile_options(p)  # --profile, --report-html
     p.set_defaults(run=run)
 
 
@@ -88,4 +90,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     print(f"compiled in {r['seconds']:.2f} s")
+    profile_cmd.after_compile(args, result)  # --profile, --report-html
     return 0

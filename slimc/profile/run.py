@@ -1,0 +1,104 @@
+"""Profiling one or more ONNX models on one or more backends, interleaved.
+
+The machine is shared and noisy, so models and backends take turns, round by round: each round
+runs every (model, backend) pair's profiled runs and then its plain runs. Layer times and the
+end-to-end latency are medians over all rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from .names import GraphIndex
+from .result import UNMATCHED, LayerTime, Profile
+from .runtimes import timer_for
+
+__all__ = ["ProfileOptions", "profile_artifact", "profile_models"]
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """How much to run: `warmup` runs of each kind first, then `rounds` x `runs` of each kind."""
+
+    warmup: int = 5
+    runs: int = 10
+    rounds: int = 3
+
+
+def _settle() -> None:
+    """Let the previous runtime's worker threads stop spinning before the next one is timed."""
+    time.sleep(0.05)
+
+
+def _module_macs(model, index: GraphIndex, example_inputs) -> dict:
+    from ..ir.stats import onnx_node_macs
+
+    out: dict = {}
+    for node, macs in onnx_node_macs(model, example_inputs).items():
+        module = index.modules.get(node, node)
+        out[module] = out.get(module, 0) + macs
+    return out
+
+
+def _layers(raw: dict, index: GraphIndex | None) -> list[LayerTime]:
+    layers = []
+    for name, (op, times) in raw.items():
+        node = index.match(name, op) if index else None
+        if index is None:
+            from .names import module_from_scoped_name
+
+            module = module_from_scoped_name(name.split("/WithoutBiases")[0]) or UNMATCHED
+        else:
+            module = index.modules[node] if node else UNMATCHED
+        layers.append(LayerTime(name, op or "?", node, module, statistics.median(times)))
+    layers.sort(key=lambda layer: -layer.ms)
+    return layers
+
+
+def profile_models(jobs: list[tuple[str, object, object]], inputs_for, options: ProfileOptions = ProfileOptions()
+                   ) -> list[Profile]:
+    """Profile several built artifacts, interleaved.
+
+    jobs: (label, artifact, onnx.ModelProto or None) — the ONNX graph names the modules and counts MACs.
+    inputs_for(artifact): the numpy inputs to run it on.
+    """
+    timers = [timer_for(artifact) for _, artifact, _ in jobs]
+    feeds = [inputs_for(artifact) for _, artifact, _ in jobs]
+    plain = [[] for _ in jobs]
+    for timer, feed in zip(timers, feeds):
+        timer.profiled(feed, options.warmup)
+        timer.plain(feed, options.warmup)
+    for _ in range(options.rounds):
+        for i, (timer, feed) in enumerate(zip(timers, feeds)):
+            _settle()
+            timer.profiled(feed, options.runs)
+            _settle()
+            plain[i] += timer.plain(feed, options.runs)
+    profiles = []
+    for (label, artifact, model), timer, times in zip(jobs, timers, plain):
+        index = GraphIndex.of(model) if model is not None else None
+        layers = _layers(timer.layers(skip_runs=options.warmup), index)
+        example = [__import__("torch").from_numpy(x) for x in inputs_for(artifact)] if model is not None else ()
+        macs = _module_macs(model, index, example) if model is not None else {}
+        profiles.append(Profile(artifact.backend, label, layers, statistics.median(times),
+                                options.rounds * options.runs, macs,
+                                {"warmup": options.warmup, "rounds": options.rounds,
+                                 "end_to_end_min_ms": round(min(times), 4), **timer.details}))
+    return profiles
+
+
+def profile_artifact(artifact, model=None, inputs=None, options: ProfileOptions = ProfileOptions(),
+                     label: str = "") -> Profile:
+    """Profile one built artifact (`model`: its ONNX graph, for module names and MACs).
+
+    Example::
+
+        result = slimc.compile(model, x, pipeline="fuse-bn,to-onnx,simplify", backend="onnxruntime")
+        prof = profile_artifact(result.artifact, result.onnx)
+        print(prof.profiled_ms, prof.end_to_end_ms)
+    """
+    feed = inputs if inputs is not None else None
+    return profile_models([(label, artifact, model)],
+                          lambda a: feed if feed is not None else a.sample_inputs(), options)[0]
