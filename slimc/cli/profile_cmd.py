@@ -128,9 +128,9 @@ def _write_outputs(args, profiles, data: dict, compile_report: dict | None = Non
 
 def print_profile(prof, top: int = 15) -> None:
     """Totals, time per op type, and the top modules with their MACs."""
-    print(f"\n{prof.backend} — {prof.label or 'model'}: profiled {prof.profiled_ms:.2f} ms of "
-          f"{prof.end_to_end_ms:.2f} ms end to end (median of {prof.runs} runs each; "
-          f"{100 * prof.profiled_ms / prof.end_to_end_ms:.0f}% attributed to layers)")
+    print(f"\n{prof.backend} — {prof.label or 'model'}: layers sum to {prof.profiled_ms:.2f} ms of "
+          f"{prof.end_to_end_ms:.2f} ms end to end ({100 * prof.profiled_ms / prof.end_to_end_ms:.0f}%; "
+          f"{prof.runs} profiled runs, middle half by total averaged; {prof.runs} plain runs, median)")
     total = prof.profiled_ms or 1.0
     rows = [["op type", "layers", "ms", "share"]]
     for r in prof.by_op()[:top]:
@@ -158,7 +158,7 @@ def print_compare(before, after, top: int = 15) -> None:
     rows.append(["sum of layers", f"{before.profiled_ms:.3f}", f"{after.profiled_ms:.3f}",
                  f"{after.profiled_ms / before.profiled_ms:.2f}", human(sum(before.module_macs.values())),
                  human(sum(after.module_macs.values())), "", ""])
-    rows.append(["end to end (plain runs)", f"{before.end_to_end_ms:.3f}", f"{after.end_to_end_ms:.3f}",
+    rows.append(["end to end (plain runs, median)", f"{before.end_to_end_ms:.3f}", f"{after.end_to_end_ms:.3f}",
                  f"{after.end_to_end_ms / before.end_to_end_ms:.2f}", "", "", "", ""])
     table(rows)
 

@@ -47,7 +47,7 @@ def plot_profiles(profiles: list[Profile], path: str | Path, top: int = 20) -> P
             ax.barh(list(y), [r["ms"] for r in rows], height=0.7)
         ax.set_yticks(list(y))
         ax.set_yticklabels(names, fontsize=8)
-        ax.set_xlabel("ms (median per run)")
+        ax.set_xlabel("ms per typical run")
         sums = ", ".join(f"{p.label or 'model'}: {p.profiled_ms:.2f} of {p.end_to_end_ms:.2f} ms" for p in mine)
         ax.set_title(f"{backend} — top {len(rows)} modules\n{sums}", fontsize=9)
     fig.tight_layout()

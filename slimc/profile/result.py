@@ -1,12 +1,12 @@
 """What a profile holds, and how it is aggregated: per runtime layer, per op type, per module.
 
-Layer times are medians over the profiled runs; `end_to_end_ms` is the median of plain (not
-profiled) runs of the same artifact, interleaved with the profiled ones, so the two can be compared.
+Layer times are averaged over the typical profiled runs (the middle half ranked by total, see
+`run.typical_runs`); `end_to_end_ms` is the median of plain (not profiled) runs of the same model,
+interleaved with the profiled ones, so the two can be compared.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -17,7 +17,7 @@ UNMATCHED = "<runtime>"  # layers the runtime added (reorders, copies) that matc
 
 @dataclass(frozen=True)
 class LayerTime:
-    """One runtime layer: its name and op there, the ONNX node and module it maps to, median ms."""
+    """One runtime layer: its name and op there, the ONNX node and module it maps to, ms per typical run."""
 
     name: str
     op_type: str
@@ -50,7 +50,7 @@ class Profile:
 
     @property
     def profiled_ms(self) -> float:
-        """Sum of the per-layer medians (what the profiler attributes to layers)."""
+        """Sum of the per-layer times (what the profiler attributes to layers in a typical run)."""
         return sum(layer.ms for layer in self.layers)
 
     def by_op(self) -> list[dict]:
@@ -82,10 +82,6 @@ class Profile:
             "layers": [layer.as_dict() for layer in self.layers],
             "details": self.details,
         }
-
-
-def median_or_zero(values) -> float:
-    return statistics.median(values) if values else 0.0
 
 
 def compare(before: Profile, after: Profile, macs_drop: float = 0.8, time_kept: float = 0.9) -> list[dict]:

@@ -2,7 +2,7 @@
 
     timer.profiled(inputs, n)   n runs with the runtime's own profiler on
     timer.plain(inputs, n)      n runs of the unprofiled artifact, wall time in ms each
-    timer.layers()              {layer name: (op type, [ms per profiled run])}
+    timer.runs()                per profiled run, {layer name: (op type, ms)}
 
 ONNX Runtime: a second session with `SessionOptions.enable_profiling` (its JSON trace holds one
 `Node` event per kernel run). OpenVINO: a second compiled model with `PERF_COUNT`, read through
@@ -12,12 +12,12 @@ so profiling costs nothing when not asked for. TensorRT needs a GPU and has no t
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -85,28 +85,29 @@ class OrtTimer:
         feed = dict(zip(self.names, inputs))
         return _timed(lambda: self.twin.run(None, feed), n)
 
-    def layers(self, skip_runs: int = 0) -> dict:
-        """Kernel times per node, one entry per profiled run (the first `skip_runs` runs dropped)."""
+    def runs(self, skip_runs: int = 0) -> list[dict]:
+        """Per profiled run, {node: (op type, kernel ms)}; the first `skip_runs` runs dropped."""
         path = self.session.end_profiling()
         try:
             with open(path) as f:
                 events = json.load(f)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
-        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                      if e.get("cat") == "Session" and e.get("name") == "model_run")
-        kept = runs[skip_runs:]
-        out: dict = defaultdict(lambda: ("", []))
+        windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                         if e.get("cat") == "Session" and e.get("name") == "model_run")
+        starts = [w[0] for w in windows]
+        runs: list[dict] = [{} for _ in windows]
         for e in events:
             if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
                 continue
-            if kept and e["ts"] < kept[0][0]:
-                continue  # a warm-up run
+            i = bisect.bisect_right(starts, e["ts"]) - 1
+            if i < 0:
+                continue
             name = e["name"][: -len("_kernel_time")]
-            op, times = out[name]
-            times.append(e["dur"] / 1e3)
-            out[name] = (e.get("args", {}).get("op_name", op) or op, times)
-        return dict(out)
+            op = e.get("args", {}).get("op_name", "")
+            prev = runs[i].get(name, (op, 0.0))[1]
+            runs[i][name] = (op, prev + e["dur"] / 1e3)
+        return runs[skip_runs:]
 
 
 class OpenVinoTimer:
@@ -133,13 +134,12 @@ class OpenVinoTimer:
     def plain(self, inputs, n: int) -> list[float]:
         return _timed(lambda: self.artifact.run(inputs), n)
 
-    def layers(self, skip_runs: int = 0) -> dict:
-        out: dict = {}
+    def runs(self, skip_runs: int = 0) -> list[dict]:
+        """Per profiled run, {layer: (op type, ms)} for the layers that executed."""
+        out = []
         for run in self._runs[skip_runs:]:
-            for name, op, ms, status in run:
-                if status != "EXECUTED":  # fused into another layer, or a constant
-                    continue
-                out.setdefault(name, (op, []))[1].append(ms)
+            # NOT_RUN: fused into another layer, or a constant
+            out.append({name: (op, ms) for name, op, ms, status in run if status == "EXECUTED"})
         return out
 
 

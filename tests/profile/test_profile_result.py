@@ -46,3 +46,16 @@ def test_node_macs_sum_to_the_model_macs():
     # stem: 16x16 output, 8 channels, 3x3x3 kernel
     assert per_node["/stem/Conv"] == 16 * 16 * 8 * 27
     assert per_node["/head/Gemm"] == 16 * 5
+
+
+def test_typical_runs_keep_the_middle_half_by_total():
+    from slimc.profile.run import _layers, typical_runs
+
+    # each run is slowed in a different layer; per-layer medians (1 + 1) would miss that entirely
+    runs = [{"a": ("Conv", 1.0), "b": ("Conv", 1.0)}, {"a": ("Conv", 5.0), "b": ("Conv", 1.0)},
+            {"a": ("Conv", 1.0), "b": ("Conv", 5.0)}, {"a": ("Conv", 9.0), "b": ("Conv", 9.0)}]
+    kept = typical_runs(runs)
+    assert len(kept) == 2 and all(sum(ms for _, ms in r.values()) == 6.0 for r in kept)
+    layers = {layer.name: layer.ms for layer in _layers(runs, None)}
+    assert layers == {"a": 3.0, "b": 3.0}  # sums to the typical run's 6 ms
+    assert len(typical_runs(runs[:1])) == 1
