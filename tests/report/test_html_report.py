@@ -41,3 +41,19 @@ def test_report_has_every_section_and_no_external_resources(tmp_path):
 def test_report_without_profile_or_search():
     html = render_html_report(COMPILE)
     assert "Passes" in html and "Latency breakdown" not in html and "Search" not in html
+
+
+def test_report_html_command(cli, tmp_path):
+    import json
+
+    (tmp_path / "c.json").write_text(json.dumps(COMPILE))
+    (tmp_path / "p.json").write_text(json.dumps(_profiles()))
+    out = tmp_path / "r.html"
+    rc, stdout, err = cli("report-html", "-o", out, "--compile-report", tmp_path / "c.json", "--profile", tmp_path / "p.json")
+    assert rc == 0, err
+    html = out.read_text()
+    assert "fuse-bn" in html and "layer1.0.conv1" in html
+    rc, _, err = cli("report-html", "-o", out, "--compile-report", tmp_path / "p.json")
+    assert rc == 2 and "not a compile report" in err
+    rc, _, err = cli("report-html", "-o", out)
+    assert rc == 2 and "at least one" in err
