@@ -16,8 +16,8 @@ __all__ = ["render_html_report", "write_html_report"]
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#1d2733;padding:0 16px}
 h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #d8dee6;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{padding:3px 10px;border-bottom:1px solid #e6eaef;text-align:right}
-th:first-child,td:first-child{text-align:left}th{background:#f2f5f8}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{padding:3px 10px;border-bottom:1px solid #e6eaef;text-align:left}
+td.num{text-align:right}th{background:#f2f5f8}
 td.flag{color:#b3261e;font-weight:600}.meta{color:#556}.bar-a{fill:#4c78a8}.bar-b{fill:#f58518}
 svg text{font:11px system-ui,sans-serif;fill:#1d2733}pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px}
 """
@@ -40,9 +40,19 @@ def _human(n) -> str:
 def _table(head: list[str], rows: list[list], flags: list[bool] | None = None) -> str:
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for i, row in enumerate(rows):
-        cls = ' class="flag"' if flags and flags[i] else ""
-        out.append("<tr>" + "".join(f"<td{cls}>{_e(c)}</td>" for c in row) + "</tr>")
+        flag = " flag" if flags and flags[i] else ""
+        out.append("<tr>" + "".join(f'<td class="{_kind(c)}{flag}">{_e(c)}</td>' for c in row) + "</tr>")
     return "\n".join(out + ["</table>"])
+
+
+def _kind(cell) -> str:
+    """'num' for numbers (right-aligned), 'txt' for names."""
+    text = str(cell).rstrip("kMG%")
+    try:
+        float(text)
+        return "num"
+    except ValueError:
+        return "num" if text == "-" else "txt"
 
 
 def _bars_svg(labels: list[str], series: list[list[float]], names: list[str], unit: str) -> str:
@@ -94,7 +104,9 @@ def _ops_section(report: dict, top: int = 20) -> str:
     ops = sorted(set(before) | set(after), key=lambda o: -max(before.get(o, 0), after.get(o, 0)))[:top]
     svg = _bars_svg(ops, [[before.get(o, 0) for o in ops], [after.get(o, 0) for o in ops]],
                     ["before", "after"], "nodes")
-    return "<h2>Op histogram, before and after</h2>\n" + svg
+    note = ("<p class='meta'>before: the model as given (module and function names for a PyTorch model), "
+            "after: the final graph's ops.</p>")
+    return "<h2>Op histogram, before and after</h2>\n" + note + svg
 
 
 def _profile_section(profile: dict, top: int = 20) -> str:
