@@ -53,6 +53,8 @@ def _onnx_program(spec: str, pipeline: str, args):
     """The ONNX program to profile: an .onnx file as it is, a torch spec compiled through `pipeline`."""
     from ..compiler import compile, load_program
 
+    if str(spec).endswith(".xml"):
+        return None  # an OpenVINO IR saved by `slimc compile --backend openvino`
     if str(spec).endswith((".onnx", ".onnxtxt")):
         return load_program(spec, input_shapes=args.input_shape, dynamic_batch=args.dynamic_batch)
     result = compile(spec, pipeline=pipeline, backend=None, input_shapes=args.input_shape,
@@ -64,11 +66,21 @@ def _onnx_program(spec: str, pipeline: str, args):
     return result.program
 
 
+def _openvino_ir(path: str, backend: str, options: dict):
+    from ..errors import SlimcError
+
+    if backend != "openvino":
+        raise SlimcError(f"'{path}' is an OpenVINO IR; profile it with --backend openvino, not '{backend}'.")
+    from ..backend.openvino import OpenVinoArtifact
+
+    return OpenVinoArtifact.load(path, **options)
+
+
 def _label(spec: str) -> str:
     """A short name for tables and legends: the file name of a model file, else the spec."""
     from pathlib import Path
 
-    return Path(spec).name if str(spec).endswith((".onnx", ".onnxtxt")) else str(spec)
+    return Path(spec).name if str(spec).endswith((".onnx", ".onnxtxt", ".xml")) else str(spec)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,16 +91,23 @@ def run(args: argparse.Namespace) -> int:
     options = ProfileOptions(warmup=args.warmup, runs=args.runs, rounds=args.rounds)
     backends = args.backend or ["onnxruntime"]
     programs = [(_label(args.model), _onnx_program(args.model, args.pipeline, args))]
+    label_to_path = {programs[0][0]: args.model}
     if args.compare:
         other = _label(args.compare)
         if other == programs[0][0]:
             other += " (compare)"
         programs.append((other, _onnx_program(args.compare, args.compare_pipeline or args.pipeline, args)))
+        label_to_path[other] = args.compare
     opts = _backend_options(args.backend_option)
     jobs, feeds = [], {}
     for backend in backends:
         target = get_backend(backend, **opts)
         for label, program in programs:
+            if program is None:  # a saved OpenVINO IR: its own layer names, no ONNX graph for MACs
+                artifact = _openvino_ir(label_to_path[label], backend, opts)
+                feeds[id(artifact)] = artifact.sample_inputs()
+                jobs.append((label, artifact, None))
+                continue
             artifact = target.build(program)
             feeds[id(artifact)] = program.random_inputs(seed=0)
             jobs.append((label, artifact, program.ir))

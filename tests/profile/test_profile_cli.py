@@ -104,3 +104,16 @@ def test_tensorrt_says_it_cannot_run_here():
 def test_bad_backend_is_a_clean_error(cli, models):
     rc, out, err = cli("profile", models["ts"], "--backend", "torch")
     assert rc == 2 and "slimc: error:" in err
+
+
+def test_profile_a_saved_openvino_ir(cli, models, tmp_path):
+    rc, _, err = cli("compile", models["ts"], "--pipeline", "simplify", "--backend", "openvino", "-o", tmp_path / "ov")
+    assert rc == 0, err
+    report = tmp_path / "ov.json"
+    rc, out, err = cli("profile", tmp_path / "ov" / "model.xml", "--backend", "openvino", *FAST, "--report", report)
+    assert rc == 0, err
+    prof = json.loads(report.read_text())["profiles"][0]
+    modules = {r["module"] for r in prof["by_module"] if r["ms"] > 0}
+    assert {"stem", "layers.0.conv", "layers.1.conv"} <= modules  # from OpenVINO's layer names alone
+    rc, _, err = cli("profile", tmp_path / "ov" / "model.xml")
+    assert rc == 2 and "--backend openvino" in err
