@@ -99,10 +99,11 @@ def parse_value(text: str, tp):
         if low in _FALSE:
             return False
         raise ValueError("not true or false")
-    if tp is int:
-        return int(text)
-    if tp is float:
-        return float(text)
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ValueError("") from None  # the message already says what was expected
     if tp is str and len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1]  # a quoted string: how format_value writes an empty one
     return text
@@ -194,16 +195,22 @@ def option_fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {kebab(f.name): (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def _type_name(f: dataclasses.Field, tp) -> str:
     return f.metadata.get("type") or option_type_name(tp)
 
 
-def build_options(cls, raw: Mapping[str, Any] | None, owner: str, where: str = "", listing: str = ""):
+def build_options(cls, raw: Mapping[str, Any] | None, owner: str, where: str = "", listing: str = "",
+                  with_types: bool = False):
     """An instance of the options dataclass `cls` from {name: text or value}; names in kebab- or snake_case.
 
     owner:   what the options belong to in messages, e.g. "pass 'fuse'" or "backend 'onnxruntime'"
     where:   a prefix locating the text (pipeline position), may be empty
     listing: a sentence naming the command that lists the options
+    with_types: name each option's type and default where an unknown name is reported
     Every problem is a SlimcError naming the option, what it expects and the nearest known name.
     """
     fields = option_fields(cls)
@@ -211,7 +218,8 @@ def build_options(cls, raw: Mapping[str, Any] | None, owner: str, where: str = "
     for key, value in (raw or {}).items():
         name = kebab(str(key).strip())
         if name not in fields:
-            known = ", ".join(fields) or "none"
+            known = ", ".join(f"{n} ({_type_name(f, tp)}, default {format_value(_default(f))})" if with_types
+                              else n for n, (f, tp) in fields.items()) or "none"
             raise SlimcError(f"{where}{owner} has no option '{key}'{closest(name, fields)}. "
                              f"Its options are: {known}.{' ' + listing if listing else ''}")
         f, tp = fields[name]
@@ -219,8 +227,9 @@ def build_options(cls, raw: Mapping[str, Any] | None, owner: str, where: str = "
             special = f.metadata.get("parse")
             values[f.name] = special(value) if special and isinstance(value, str) else coerce_value(value, tp)
         except ValueError as exc:
-            raise SlimcError(f"{where}option '{name}' of {owner} expects {_type_name(f, tp)}, "
-                             f"got '{format_value(value) if not isinstance(value, str) else value}': {exc}.") from None
+            got = value if isinstance(value, str) else format_value(value)
+            why = f": {exc}" if str(exc) else ""
+            raise SlimcError(f"{where}option '{name}' of {owner} expects {_type_name(f, tp)}, got '{got}'{why}.") from None
     try:
         return cls(**values)
     except (ValueError, TypeError) as exc:
@@ -241,8 +250,7 @@ def describe_options(cls) -> list[dict]:
     """[{name, type, default}] of an options dataclass, for listings such as `slimc passes`."""
     out = []
     for name, (f, tp) in option_fields(cls).items():
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        out.append({"name": name, "type": _type_name(f, tp), "default": format_value(default)})
+        out.append({"name": name, "type": _type_name(f, tp), "default": format_value(_default(f))})
     return out
 
 
