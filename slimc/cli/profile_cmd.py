@@ -51,14 +51,16 @@ def add_compile_options(p: argparse.ArgumentParser) -> None:
 
 def _onnx_program(spec: str, pipeline: str, args):
     """The ONNX program to profile: an .onnx file as it is, a torch spec compiled through `pipeline`."""
+    from ..compile_options import ReportOptions
     from ..compiler import compile, load_program
+    from .common import input_options
 
     if str(spec).endswith(".xml"):
         return None  # an OpenVINO IR saved by `slimc compile --backend openvino`
     if str(spec).endswith((".onnx", ".onnxtxt")):
         return load_program(spec, input_shapes=args.input_shape, dynamic_batch=args.dynamic_batch)
-    result = compile(spec, pipeline=pipeline, backend=None, input_shapes=args.input_shape,
-                     dynamic_batch=args.dynamic_batch, leaf_modules=args.leaf_module, fidelity_samples=0)
+    result = compile(spec, pipeline=pipeline, backend=None, inputs=input_options(args),
+                     report=ReportOptions(fidelity_samples=0))
     if result.onnx is None:
         from ..errors import SlimcError
 

@@ -26,10 +26,6 @@ from ..errors import SlimcError
 
 __all__ = ["timer_for", "OrtTimer", "OpenVinoTimer"]
 
-_ORT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
-
-
 def _timed(fn, n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -53,16 +49,17 @@ class OrtTimer:
         import onnxruntime as ort
 
         from ..ir.onnx_io import fits_protobuf, save_onnx
+        from ..ir.ort_session import OPTIMIZATION_LEVELS
 
         self.artifact = artifact
-        opts = artifact.options
+        opts = artifact.options.as_dict()  # threads, optimization, providers
         self._dir = tempfile.mkdtemp(prefix="slimc-profile-")
         source = artifact.model.SerializeToString() if fits_protobuf(artifact.model) else \
             str(save_onnx(artifact.model, os.path.join(self._dir, "model.onnx"), external_data=True))
 
         def session(profiling: bool):
             so = ort.SessionOptions()
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[opts["optimization"]])
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[opts["optimization"]])
             if opts.get("threads"):
                 so.intra_op_num_threads = int(opts["threads"])
             so.log_severity_level = 3

@@ -117,3 +117,15 @@ def test_profile_a_saved_openvino_ir(cli, models, tmp_path):
     assert {"stem", "layers.0.conv", "layers.1.conv"} <= modules  # from OpenVINO's layer names alone
     rc, _, err = cli("profile", tmp_path / "ov" / "model.xml")
     assert rc == 2 and "--backend openvino" in err
+
+
+def test_profile_a_torch_spec_through_a_pipeline(cli, tmp_path):
+    factory = tmp_path / "nets2.py"
+    factory.write_text("import profile_support\ndef nested():\n    return profile_support.Nested().eval()\n")
+    report = tmp_path / "t.json"
+    rc, out, err = cli("profile", f"{factory}:nested", "--input-shape", "1x3x16x16", "--pipeline",
+                       "fuse-bn,to-onnx{exporter=dynamo},simplify", "--backend", "openvino", *FAST, "--report", report)
+    assert rc == 0, err
+    prof = json.loads(report.read_text())["profiles"][0]
+    assert prof["backend"] == "openvino"
+    assert {"stem", "layers.0.conv", "layers.1.conv", "head"} <= {r["module"] for r in prof["by_module"] if r["ms"] > 0}
