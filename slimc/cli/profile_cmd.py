@@ -135,7 +135,7 @@ def _write_outputs(args, profiles, data: dict, compile_report: dict | None = Non
         write_json(Path(args.report), data)
         print(f"report: {args.report}")
     plot = getattr(args, "plot", None) or getattr(args, "profile_plot", None)
-    if plot:
+    if plot and profiles:
         from ..profile.plot import plot_profiles
 
         plot_profiles(profiles, plot, top=getattr(args, "top", 20))
@@ -188,6 +188,7 @@ def after_compile(args: argparse.Namespace, result) -> None:
     """The compile hook: profile the artifact when asked, then write --report / --report-html."""
     from pathlib import Path
 
+    from ..backend.base import CannotRunHere
     from ..errors import SlimcError
     from ..ir.onnx_io import write_json
     from ..profile import ProfileOptions, profile_artifact
@@ -199,12 +200,17 @@ def after_compile(args: argparse.Namespace, result) -> None:
     if args.profile:
         if result.artifact is None or result.onnx is None:
             raise SlimcError("--profile needs an ONNX backend artifact (--backend onnxruntime or openvino).")
-        prof = profile_artifact(result.artifact, result.onnx, result.program.random_inputs(seed=0),
-                                ProfileOptions(runs=args.profile_runs), label=_label(str(args.model)))
-        print_profile(prof)
-        profiles = [prof]
-        data = {"profiles": [prof.as_dict()], "compare": {}}
-        result.report["profile"] = data
+        try:
+            prof = profile_artifact(result.artifact, result.onnx, result.program.random_inputs(seed=0),
+                                    ProfileOptions(runs=args.profile_runs), label=_label(str(args.model)))
+        except CannotRunHere as exc:  # e.g. a TensorRT engine built here for a GPU machine: keep it, say why
+            print(f"not profiled: {exc}")
+            result.report["profile"] = {"skipped": str(exc)}
+        else:
+            print_profile(prof)
+            profiles = [prof]
+            data = {"profiles": [prof.as_dict()], "compare": {}}
+            result.report["profile"] = data
         if args.report:
             write_json(Path(args.report), result.report)
     _write_outputs(args, profiles, data or {"profiles": [], "compare": {}}, compile_report=result.report)

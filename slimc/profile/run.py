@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from .names import GraphIndex
+from .names import GraphIndex, module_from_scoped_name
 from .result import UNMATCHED, LayerTime, Profile
 from .runtimes import timer_for
 
@@ -33,11 +33,14 @@ def _settle() -> None:
     time.sleep(0.05)
 
 
-def _module_macs(model, index: GraphIndex, example_inputs) -> dict:
+def _module_macs(model, index: GraphIndex, feed) -> dict:
+    """MACs per module for the shapes being run (the feed pins a dynamic batch)."""
+    import torch
+
     from ..ir.stats import onnx_node_macs
 
     out: dict = {}
-    for node, macs in onnx_node_macs(model, example_inputs).items():
+    for node, macs in onnx_node_macs(model, [torch.from_numpy(x) for x in feed]).items():
         module = index.modules.get(node, node)
         out[module] = out.get(module, 0) + macs
     return out
@@ -68,9 +71,7 @@ def _layers(runs: list[dict], index: GraphIndex | None) -> list[LayerTime]:
     for name, ms in total.items():
         op = ops[name]
         node = index.match(name, op) if index else None
-        if index is None:
-            from .names import module_from_scoped_name
-
+        if index is None:  # no ONNX graph (a saved OpenVINO IR): the layer name is all there is
             module = module_from_scoped_name(name.split("/WithoutBiases")[0]) or UNMATCHED
         else:
             module = index.modules[node] if node else UNMATCHED
@@ -99,11 +100,10 @@ def profile_models(jobs: list[tuple[str, object, object]], inputs_for, options: 
             _settle()
             plain[i] += timer.plain(feed, options.runs)
     profiles = []
-    for (label, artifact, model), timer, times in zip(jobs, timers, plain):
+    for (label, artifact, model), timer, feed, times in zip(jobs, timers, feeds, plain):
         index = GraphIndex.of(model) if model is not None else None
         layers = _layers(timer.runs(skip_runs=options.warmup), index)
-        example = [__import__("torch").from_numpy(x) for x in inputs_for(artifact)] if model is not None else ()
-        macs = _module_macs(model, index, example) if model is not None else {}
+        macs = _module_macs(model, index, feed) if model is not None else {}
         profiles.append(Profile(artifact.backend, label, layers, statistics.median(times),
                                 options.rounds * options.runs, macs,
                                 {"warmup": options.warmup, "rounds": options.rounds,
@@ -121,6 +121,5 @@ def profile_artifact(artifact, model=None, inputs=None, options: ProfileOptions 
         prof = profile_artifact(result.artifact, result.onnx)
         print(prof.profiled_ms, prof.end_to_end_ms)
     """
-    feed = inputs if inputs is not None else None
     return profile_models([(label, artifact, model)],
-                          lambda a: feed if feed is not None else a.sample_inputs(), options)[0]
+                          lambda a: list(inputs) if inputs is not None else a.sample_inputs(), options)[0]

@@ -92,3 +92,20 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", no_explorer)
     with pytest.raises(SlimcError, match=r"pip install 'slimc\[explore\]'"):
         _model_explorer()
+
+
+def test_overlays_after_real_group_conv_and_to_fp16():
+    import torch
+
+    import slimc
+
+    result = slimc.compile(ps.Nested(8).eval(), torch.randn(*ps.SHAPE), backend=None, fidelity_samples=0,
+                           pipeline="group-conv{groups=2 min-channels=4},to-onnx,to-fp16")
+    got = overlays_for(result.onnx)
+    groups = _values(got["conv-groups"])
+    assert 2 in groups.values()  # the convs group-conv rewrote
+    fp32 = _values(got["fp32-nodes"])
+    # to-fp16 keeps ReduceMean in float32 (numerically sensitive); the convs run in float16
+    kept = [n.name for n in result.onnx.graph.node if n.op_type == "ReduceMean"]
+    convs = [n.name for n in result.onnx.graph.node if n.op_type == "Conv"]
+    assert all(fp32[n] == 1 for n in kept) and all(fp32[n] == 0 for n in convs)
