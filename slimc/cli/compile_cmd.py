@@ -54,7 +54,9 @@ def _with_finetune(text: str, data: str, epochs: int) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..passes.pipeline import Pipeline
+    from .guard import guard_compile
 
+    guard_compile(args)  # before any work: no output may land on an input or a device node
     text = pipeline_text(args, DEFAULT)
     if args.finetune:
         text = _with_finetune(text, args.finetune, args.epochs)

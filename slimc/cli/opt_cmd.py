@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import SlimcError
     from ..ir.onnx_io import atomic_write, save_onnx, save_onnx_text
     from ..passes.pipeline import Pipeline
+    from .guard import guard_opt
 
+    guard_opt(args)  # before any work: no output may land on an input or a device node
     text = pipeline_text(args, None)
     if args.print_pipeline:
         print(Pipeline.parse(text).print())

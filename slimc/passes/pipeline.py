@@ -109,10 +109,9 @@ def _read_value(text: str, i: int) -> tuple[str, int]:
 
 def read_pipeline_file(path: str | Path) -> str:
     """Pipeline scripts: one pass per line (or several, comma-separated); '#' starts a comment."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise SlimcError(f"cannot read pipeline file '{path}': {exc.strerror}.") from None
+    from ..ir.files import read_text_bounded
+
+    lines = read_text_bounded(path, "pipeline file").splitlines()  # bounded: /dev/zero fails fast
     kept = [ln.split("#", 1)[0].strip().rstrip(",") for ln in lines]
     # Lines are passes, except inside a pass's '{...}': long option lists may span lines.
     text, depth = "", 0

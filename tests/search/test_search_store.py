@@ -35,6 +35,7 @@ def test_open_refuses_to_overwrite_and_checks_resume_matches(tmp_path):
     store = TrialStore(tmp_path / "run")
     store.open({"pipeline": "p", "dimensions": ["x"]}, resume=False)
     store.append(_rec(0))
+    store.close()
     with pytest.raises(SlimcError, match="--resume"):
         TrialStore(tmp_path / "run").open({"pipeline": "p", "dimensions": ["x"]}, resume=False)
     with pytest.raises(SlimcError, match="another search"):
