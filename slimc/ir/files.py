@@ -184,13 +184,14 @@ def _sha256(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """An exclusive flock on the folder itself (no lock file left behind), so concurrent saves take turns."""
+def _folder_lock(folder: Path, shared: bool = False):
+    """A flock on the folder itself (no lock file left behind): saves take turns (exclusive), and a
+    reader checking a unit (shared) never sees it between two renames of a save."""
     import fcntl
 
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -242,15 +243,17 @@ def verify_unit(main: Path) -> dict:
     side = main.with_suffix(".json")
     if not side.is_file():
         return {}
-    try:
-        data = json.loads(read_text_bounded(side, "artifact sidecar", 64 << 20))
-    except ValueError as exc:
-        raise SlimcError(f"the sidecar '{side}' is not valid JSON ({exc}); save the artifact again.") from None
-    if not isinstance(data, dict):
-        raise SlimcError(f"the sidecar '{side}' is not a JSON object; save the artifact again.")
-    for name, want in (data.get(MANIFEST_KEY) or {}).items():
-        f = main.parent / name
-        if not f.is_file() or f.stat().st_size != want.get("bytes") or _sha256(f) != want.get("sha256"):
-            raise SlimcError(f"'{f}' does not match its sidecar '{side}' (size or SHA-256 differ): the two come from "
-                             "different saves or the file was changed. Save the artifact again.")
+    with _folder_lock(main.parent, shared=True):
+        try:
+            data = json.loads(read_text_bounded(side, "artifact sidecar", 64 << 20))
+        except ValueError as exc:
+            raise SlimcError(f"the sidecar '{side}' is not valid JSON ({exc}); save the artifact again.") from None
+        if not isinstance(data, dict):
+            raise SlimcError(f"the sidecar '{side}' is not a JSON object; save the artifact again.")
+        for name, want in (data.get(MANIFEST_KEY) or {}).items():
+            f = main.parent / str(name)
+            if not isinstance(want, dict) or not f.is_file() or f.stat().st_size != want.get("bytes") \
+                    or _sha256(f) != want.get("sha256"):
+                raise SlimcError(f"'{f}' does not match its sidecar '{side}' (size or SHA-256 differ): the two come "
+                                 "from different saves or the file was changed. Save the artifact again.")
     return data
