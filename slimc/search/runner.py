@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import SlimcError, closest
+from ..preflight import check_search_run
 from .objective import Constraints, TrialTask, loss_of, run_trial
 from .report import best_record, write_reports
 from .space import SearchSpace
@@ -260,6 +261,7 @@ def search(model, pipeline: str, example_inputs=None, *, input_shapes: Sequence[
     """
     stamp = datetime.now(timezone.utc).strftime("search-%Y%m%d-%H%M%S")
     folder = Path(store) if store is not None else Path("runs") / stamp
+    check_search_run(model, folder, inputs=[("--eval", eval)] if isinstance(eval, str) else ())
     st = TrialStore(folder)
     if trials is None:
         stored = (st.load_meta() or {}).get("trials") if resume else None
