@@ -102,7 +102,7 @@ def _check_dump_dir(paths: RunPaths, dump: Path) -> None:
     for label, p in paths.inputs + paths.outputs:
         if os.path.realpath(p) == real:
             raise SlimcError(f"--dump-ir '{dump}' is the path of {label} '{p}'; give a directory of its own.")
-        if os.path.dirname(os.path.realpath(p)) == real and (dump / p.name).exists():
+        if os.path.dirname(os.path.realpath(p)) == real:  # cleared of earlier dumps, or refused as used
             raise SlimcError(f"--dump-ir '{dump}' holds {label} '{p}'; give the IR dumps a directory of their own.")
 
 

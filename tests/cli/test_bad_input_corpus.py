@@ -256,6 +256,8 @@ CASES = [
                                      "--report", "{ws}/pipe.txt"], ("input --pipeline-file",)),
     Case("opt-report-is-output", ["opt", *ONNX, "-o", "{ws}/o.onnx", "--report", "{ws}/o.onnx"], ("also writes",)),
     Case("dump-ir-is-input-folder", ["opt", *ONNX, "-o", "{ws}/o.onnx", "--dump-ir", "{ws}"], ("--dump-ir",)),
+    Case("dump-ir-is-output-dir", ["compile", *ONNX, "-o", "{ws}/out", "--dump-ir", "{ws}/out"],
+         ("--dump-ir", "a directory of their own")),
     # 2. never replace what is not a regular file
     Case("report-dev-null", ["compile", *ONNX, "--report", "/dev/null"], ("character device",)),
     Case("report-fifo", ["compile", *ONNX, "--report", "{ws}/fifo"], ("fifo",)),
