@@ -119,9 +119,8 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     started = time.perf_counter()
     pipe = Pipeline.coerce(pipeline)
     target = get_backend(backend, **(backend_options or {})) if backend else None
-    check_compile_run(model, backend=backend if target else None, backend_options=backend_options,
-                      output_dir=output_dir, report_path=report_path, dump_ir=dump_ir,
-                      benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
+    check_compile_run(model, backend=backend if target else None, output_dir=output_dir, report_path=report_path,
+                      dump_ir=dump_ir, benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
     program = load_program(model, example_inputs, input_shapes=input_shapes, dynamic_batch=dynamic_batch,
                            leaf_modules=leaf_modules)
     end_level = target.consumes if target else None

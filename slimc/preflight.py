@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 from .errors import SlimcError, closest
 from .ir.files import RunPaths
 
-__all__ = ["check_compile_run", "check_search_run", "check_leaf_modules", "check_backend_numbers"]
+__all__ = ["check_compile_run", "check_search_run", "check_leaf_modules"]
 
 # search-store files (slimc.search.store / report), listed here so a store can be checked before it is opened
 _STORE_FILES = ("trials.jsonl", "search.json", "baseline.json", "best.txt", "pareto.png", "summary.md")
@@ -39,22 +39,7 @@ def _check_folder_writable(folder: Path, label: str) -> None:
                          f"Choose another {label}.") from None
 
 
-def check_backend_numbers(backend_options: dict | None) -> None:
-    """Thread and stream counts in the raw backend options are whole numbers >= 0 (0: the runtime's default)."""
-    for key in ("threads", "streams"):
-        value = (backend_options or {}).get(key)
-        if value is None:
-            continue
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            number = None
-        if number is None or isinstance(value, bool) or number < 0 or (isinstance(value, float) and value != number):
-            raise SlimcError(f"backend option {key}={value!r} is not a whole number of 0 or more "
-                             "(0 = the runtime's default).")
-
-
-def check_compile_run(model, *, backend: str | None, backend_options: dict | None = None,
+def check_compile_run(model, *, backend: str | None,
                       output_dir=None, report_path=None, dump_ir=None, benchmark_iters: int = 0,
                       fidelity_samples: int = 0, inputs: Iterable[tuple[str, object]] = (),
                       outputs: Iterable[tuple[str, object]] = ()) -> None:
@@ -68,7 +53,6 @@ def check_compile_run(model, *, backend: str | None, backend_options: dict | Non
     for flag, value in (("--benchmark", benchmark_iters), ("fidelity_samples", fidelity_samples)):
         if value is not None and value < 0:
             raise SlimcError(f"{flag} {value} must be 0 or more.")
-    check_backend_numbers(backend_options)
     paths = RunPaths().inputs_of_spec("model", model)
     for label, p in inputs:
         paths.input(label, p)

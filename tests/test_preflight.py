@@ -65,7 +65,7 @@ def test_saved_artifact_is_a_unit(tmp_path, tiny_cnn, tiny_input):
 @pytest.mark.parametrize("kwargs, words", [
     ({"benchmark_iters": -5}, "--benchmark -5"),
     ({"backend_options": {"threads": -3}}, "threads=-3"),
-    ({"backend_options": {"threads": "two"}}, "threads='two'"),
+    ({"backend_options": {"threads": "two"}}, "'threads' of backend 'onnxruntime' expects an integer"),
     ({"leaf_modules": ["NoSuchModule"]}, "'NoSuchModule' matches no submodule"),
 ])
 def test_bad_numbers_and_names(tiny_cnn, tiny_input, kwargs, words):

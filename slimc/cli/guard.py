@@ -23,9 +23,8 @@ def _user_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
 
 def guard_compile(args: argparse.Namespace) -> None:
     from ..preflight import check_compile_run
-    from .compile_cmd import _backend_options
 
-    check_compile_run(args.model, backend=args.backend, backend_options=_backend_options(args.backend_option),
+    check_compile_run(args.model, backend=args.backend,
                       output_dir=args.output_dir, report_path=args.report, dump_ir=args.dump_ir,
                       benchmark_iters=args.benchmark, inputs=_user_inputs(args))
 
@@ -49,9 +48,7 @@ def guard_opt(args: argparse.Namespace) -> None:
 
 
 def guard_search(args: argparse.Namespace) -> None:
-    from ..preflight import check_backend_numbers, check_search_run
-    from .compile_cmd import _backend_options
+    from ..preflight import check_search_run
 
-    check_backend_numbers(_backend_options(args.backend_option))
     if args.store:
         check_search_run(args.model, args.store, inputs=_user_inputs(args))

@@ -270,6 +270,9 @@ def search(model, pipeline: str, example_inputs=None, *, input_shapes: Sequence[
         raise SlimcError("--trials must be at least 1.")
     _check_numbers(0, trial_timeout=trial_timeout, parallelism=parallelism)
     _check_numbers(-1, benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
+    from ..backend.base import get_backend
+
+    get_backend(backend, **dict(backend_options or {}))  # a bad option fails once now, not in every trial
     if algo not in ALGORITHMS:
         raise SlimcError(f"unknown search algorithm '{algo}'{closest(algo, ALGORITHMS)}. "
                          f"Known: {', '.join(ALGORITHMS)}.")
