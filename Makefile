@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := out/demo
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean browser-test
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The HTML report and `slimc explore` in headless Chromium (Debian: apt-get install chromium).
+browser-test: $(STAMP)
+	$(BIN)/python -m pytest -q -m browser tests/browser
 
 # Benchmarks print tables; ratios are against baselines measured in the same run.
 bench: $(STAMP)
