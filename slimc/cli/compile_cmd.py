@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..compile_options import BackendSpec, ReportOptions
     from ..passes.pipeline import Pipeline
+    from .guard import guard_compile
 
+    guard_compile(args)  # before any work: no output may land on an input or a device node
     text = pipeline_text(args, DEFAULT)
     if args.finetune:
         text = _with_finetune(text, args.finetune, args.epochs)

@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "trust_pickle", False):
+            from ..frontend.specs import trusted_pickles
+
+            with trusted_pickles():
+                return args.run(args)
         return args.run(args)
     except SlimcError as exc:
         print_err(str(exc))
