@@ -34,8 +34,7 @@ def test_output_dir_holding_the_input_is_refused_before_work(onnx_file):
 
 def test_report_onto_the_artifacts_sidecar_is_refused(tmp_path, tiny_cnn, tiny_input):
     with pytest.raises(SlimcError, match="also writes"):
-        slimc.compile(tiny_cnn, tiny_input,
-                      report=slimc.ReportOptions(output_dir=tmp_path / "out", path=tmp_path / "out" / "model.json"))
+        slimc.compile(tiny_cnn, tiny_input, output_dir=tmp_path / "out", report=slimc.ReportOptions(path=tmp_path / "out" / "model.json"))
     assert not (tmp_path / "out").exists()
 
 
@@ -45,8 +44,7 @@ def test_failed_compile_leaves_no_output_folders(tmp_path, tiny_input):
             raise RuntimeError("broken model")
 
     with pytest.raises(SlimcError):
-        slimc.compile(Broken(), tiny_input, output_dir=tmp_path / "a" / "b",
-                      report=slimc.ReportOptions(path=tmp_path / "r" / "x.json"))
+        slimc.compile(Broken(), tiny_input, output_dir=tmp_path / "a" / "b", report=slimc.ReportOptions(path=tmp_path / "r" / "x.json"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -82,17 +80,15 @@ def test_leaf_module_by_name_or_class_is_accepted(tiny_cnn, tiny_input):
 
 def test_dump_dir_clears_only_its_own_earlier_dump(tmp_path, tiny_cnn, tiny_input):
     dump = tmp_path / "d"
-    slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn,to-onnx,eliminate-dead", backend=None,
-                  instrumentation=slimc.Instrumentation(dump_ir=dump), fidelity_samples=0)
+    slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn,to-onnx,eliminate-dead", backend=None, instrumentation=slimc.Instrumentation(dump_ir=dump),
+                  fidelity_samples=0)
     assert (dump / "03-eliminate-dead.onnxtxt").is_file() and (dump / DUMP_MANIFEST).is_file()
-    slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn", backend=None,
-                  instrumentation=slimc.Instrumentation(dump_ir=dump), fidelity_samples=0)
+    slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn", backend=None, instrumentation=slimc.Instrumentation(dump_ir=dump), fidelity_samples=0)
     assert sorted(p.name for p in dump.iterdir() if not p.name.startswith(".")) == \
         ["00-input.nodes.txt", "00-input.py", "01-fuse-bn.nodes.txt", "01-fuse-bn.py"]
     (dump / "notes.txt").write_text("mine")
     with pytest.raises(SlimcError, match="not an earlier slimc dump"):
-        slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn", backend=None,
-                      instrumentation=slimc.Instrumentation(dump_ir=dump), fidelity_samples=0)
+        slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn", backend=None, instrumentation=slimc.Instrumentation(dump_ir=dump), fidelity_samples=0)
     assert (dump / "notes.txt").read_text() == "mine"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import profile_cmd
 from .common import (FIDELITY_FAILED, PassTable, add_model_args, add_pipeline_args, human, input_options,
                      instrumentation, pipeline_text, print_fidelity, start_level)
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of --finetune (default 1)")
     p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
                    help="time the artifact over ITERS runs after compiling")
+    profile_cmd.add_compile_options(p)  # --profile, --report-html
     p.set_defaults(run=run)
 
 
@@ -92,4 +94,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     print(f"compiled in {r['seconds']:.2f} s")
+    profile_cmd.after_compile(args, result)  # --profile, --report-html
     return 0 if fidelity_ok else FIDELITY_FAILED

@@ -28,8 +28,10 @@ def guard_compile(args: argparse.Namespace) -> None:
                       dump_ir=args.dump_ir, benchmark_iters=args.benchmark, inputs=_user_inputs(args))
 
 
-def opt_outputs(output: str) -> list[tuple[str, Path]]:
+def opt_outputs(output: str | None) -> list[tuple[str, Path]]:
     """The files `slimc opt -o OUTPUT` writes: .onnxtxt also writes <stem>.onnx and the weights beside them."""
+    if not output:  # --print-pipeline writes nothing
+        return []
     out = Path(output)
     if out.suffix == ".onnxtxt":
         return [("-o", out), ("-o (its binary copy)", out.with_suffix(".onnx")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import compile_cmd, inspect_cmd, opt_cmd, passes_cmd, search_cmd
+from . import compile_cmd, explore_cmd, inspect_cmd, opt_cmd, passes_cmd, profile_cmd, report_cmd, search_cmd
 
 __all__ = ["main", "build_parser"]
 
@@ -14,7 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimc", description="Make trained neural networks smaller and faster.")
     parser.add_argument("--version", action="version", version="slimc 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for cmd in (compile_cmd, opt_cmd, inspect_cmd, passes_cmd, search_cmd):
+    for cmd in (compile_cmd, opt_cmd, inspect_cmd, passes_cmd, search_cmd, profile_cmd, explore_cmd, report_cmd):
         cmd.add_parser(sub)
     return parser
 

@@ -29,13 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.pipeline import Pipeline
     from .guard import guard_opt
 
+    guard_opt(args)  # before any work: no output may land on an input or a device node
     pipeline = Pipeline.parse(pipeline_text(args, None))
     if args.print_pipeline:  # like mlir-opt's --dump-pass-pipeline: print, do nothing else
         print(pipeline.lowered(start_level(args.model)).print())
         return 0
     if not args.output:
         raise SlimcError("give the output file with -o FILE (.onnx, .onnxtxt or .pt).")
-    guard_opt(args)  # before any work: no output may land on an input or a device node
     out = Path(args.output)
     if out.suffix not in (".onnx", ".onnxtxt", ".pt"):
         raise SlimcError(f"-o '{out}': the output must end in .onnx, .onnxtxt or .pt.")

@@ -281,10 +281,10 @@ def search(model, pipeline: str, example_inputs=None, *, inputs: InputOptions | 
     if trials < 1:
         raise SlimcError("--trials must be at least 1.")
     _check_numbers(0, trial_timeout=trial_timeout, parallelism=parallelism)
-    _check_numbers(-1, benchmark_iters=report.benchmark_iters, fidelity_samples=report.fidelity_samples)
-    if backend.name:
-        from ..backend.base import get_backend
+    _check_numbers(-1, benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
+    from ..backend.base import get_backend
 
+    if backend.name:
         get_backend(backend.name, **dict(backend.options))  # a bad option fails once now, not in every trial
     if algo not in ALGORITHMS:
         raise SlimcError(f"unknown search algorithm '{algo}'{closest(algo, ALGORITHMS)}. "
