@@ -36,10 +36,14 @@ def test_lifted_squeezenet_matches_onnxruntime():
 
 
 def test_fx_pipeline_on_onnx_file_lifts_and_reports(tmp_path):
-    result = slimc.compile(_light("squeezenet"), pipeline="fuse-bn,to-onnx,simplify", backend="onnxruntime",
-                           fidelity_samples=2)
+    # light_squeezenet's constant weights give logits near 1e10: softmax of those turns any change in the
+    # order of float sums into a different output, so this check lowers with the exporter that keeps
+    # onnx2torch's op order (the dynamo exporter rewrites the graph; its outputs differ here at ~1e-7 rel).
+    result = slimc.compile(_light("squeezenet"), pipeline="fuse-bn,to-onnx{exporter=torchscript},simplify",
+                           backend="onnxruntime", fidelity_samples=2)
     assert result.program.level == "onnx"
     assert result.report["passes"][0]["name"] == "fuse-bn"
+    assert result.report["frontend"] == "onnx2torch"
     assert result.report["fidelity"]["cosine"] > 0.99999
 
 
