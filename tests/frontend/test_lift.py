@@ -50,3 +50,25 @@ def test_fx_pipeline_on_onnx_file_lifts_and_reports(tmp_path):
 def test_op_that_cannot_be_lifted_is_named():
     with pytest.raises(slimc.SlimcError, match=r"AveragePool.*onnx2torch"):
         lift_onnx(onnx.load(_light("inception_v1")))
+
+
+def test_missing_value_error_names_the_node_and_op(monkeypatch):
+    """onnx2torch reports some failures as a bare KeyError of a value name ('_v_507'): name its node instead."""
+    import onnx2torch
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["_v_507"], name="act"), helper.make_node("Neg", ["_v_507"], ["y"], name="neg")],
+        "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+
+    def convert(_model):
+        raise KeyError("_v_507")
+
+    monkeypatch.setattr(onnx2torch, "convert", convert)
+    with pytest.raises(slimc.SlimcError) as e:
+        lift_onnx(model)
+    msg = str(e.value)
+    assert "at node 'act' (Relu, opset 17), which writes '_v_507'" in msg
+    assert "onnx2torch says: no value named '_v_507'" in msg

@@ -326,7 +326,7 @@ def test_records_and_progress_callback(tiny_cnn, tiny_input):
     assert [(r.name, r.level, r.changed) for r in records] == [
         ("fuse-bn", "fx", True), ("to-onnx", "onnx", True), ("eliminate-dead", "onnx", False)]
     assert all(r.seconds >= 0 for r in records)
-    assert records[0].stats.params == sum(p.numel() for p in final.metadata["fx_module"].parameters())
+    assert records[0].stats.params == sum(p.numel() for p in final.fx_module.parameters())
     assert records[0].details["fused"] == 2
     assert records[1].max_abs_err is not None and records[1].max_abs_err < 1e-4
     assert records[2].stats == records[1].stats  # unchanged: stats carried over
