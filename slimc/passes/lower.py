@@ -41,7 +41,7 @@ class ToOnnx(Pass):
 
     opset: int = 18
     dynamic_batch: Literal["auto", "true", "false"] = "auto"
-    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    exporter: Literal["torchscript", "dynamo"] = "dynamo"
 
     def apply(self, program) -> PassResult:
         dynamic = program.dynamic_batch if self.dynamic_batch == "auto" else self.dynamic_batch == "true"
