@@ -80,7 +80,7 @@ class Program:
             ep = program.exported()
             owners = parameter_modules(ep)   # placeholder -> owning module path (slimc.frontend.export)
         """
-        from ..frontend.export import exported_program_of
+        from .exported import exported_program_of
 
         if self.level != "fx":
             raise TypeError("Program.exported() needs an FX-level program (an nn.Module), not ONNX")

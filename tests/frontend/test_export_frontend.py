@@ -134,7 +134,8 @@ def test_torchvision_segmentation_and_detection_specs_download_nothing():
 
 def test_dynamic_batch_through_export_dim(tiny_cnn, tiny_input):
     x1 = tiny_input[:1]  # batch 1: export would specialise it; slimc exports with a batch of 2
-    result = slimc.compile(tiny_cnn, x1, pipeline="fuse-bn,to-onnx", dynamic_batch=True, fidelity_samples=2)
+    result = slimc.compile(tiny_cnn, x1, pipeline="fuse-bn,to-onnx", inputs=slimc.InputOptions(dynamic_batch=True),
+                           fidelity_samples=2)
     model = result.onnx
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"

@@ -166,7 +166,7 @@ def layer_edges(program) -> list[Edge]:
 
 
 def _aten_edges(exported, module) -> list[Edge]:
-    from ...frontend.export import parameter_owners
+    from ...ir.exported import parameter_owners
 
     owners = parameter_owners(exported)
     modules = dict(module.named_modules())
