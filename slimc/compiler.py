@@ -13,7 +13,7 @@ from .backend.base import Artifact, CannotRunHere, get_backend
 from .errors import SlimcError
 from .frontend.inputs import check_tensor_fits, example_inputs_from
 from .frontend.specs import describe_source, load_model
-from .frontend.trace import check_inputs_fit, trace_module
+from .frontend.capture import capture
 from .ir.fidelity import fidelity
 from .ir.onnx_io import write_json
 from .ir.program import Program
@@ -54,7 +54,8 @@ class CompileResult:
 
 def load_program(model, example_inputs=None, *, input_shapes: Sequence[str] | None = None,
                  dynamic_batch: bool = False, leaf_modules: Sequence = ()) -> Program:
-    """Resolve the model, fix its inputs, trace it (torch) or check it (ONNX) into a Program."""
+    """Resolve the model and fix its inputs. A torch model becomes a Program holding its private copy,
+    checked by torch.export (symbolic_trace as the fallback); an ONNX model is checked by running it."""
     import onnx
 
     loaded = load_model(model)
@@ -68,11 +69,10 @@ def load_program(model, example_inputs=None, *, input_shapes: Sequence[str] | No
             "(slimc.compile(model, torch.randn(1, 3, 224, 224))) or --input-shape 1x3x224x224 on the command line."
         )
     check_leaf_modules(loaded, leaf_modules)
-    outputs = check_inputs_fit(loaded, examples)
-    gm = trace_module(loaded, leaf_modules)
+    captured = capture(loaded, examples, dynamic_batch=dynamic_batch, leaf_modules=leaf_modules)
     in_names = ("input",) if len(examples) == 1 else tuple(f"input{i}" for i in range(len(examples)))
-    out_names = ("output",) if len(outputs) == 1 else tuple(f"output{i}" for i in range(len(outputs)))
-    return Program(gm, examples, in_names, out_names, dynamic_batch, original=loaded, source=source)
+    return Program(captured.module, examples, in_names, captured.output_names, dynamic_batch, original=loaded,
+                   source=source, frontend=captured.frontend)
 
 
 def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
@@ -96,7 +96,7 @@ def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
                          f"({', '.join(i.name for i in graph_inputs)}), but {len(examples)} input shapes were given.")
     names = tuple(i.name for i in graph_inputs)
     outs = tuple(o.name for o in model.graph.output)
-    program = Program(model, examples, names, outs, dynamic_batch, original=model, source=source)
+    program = Program(model, examples, names, outs, dynamic_batch, original=model, source=source, frontend="onnx")
     try:
         program.run([t.numpy() for t in examples])
     except Exception as exc:  # SlimcError from loading; onnxruntime's own errors for wrong shapes or dtypes
@@ -164,6 +164,7 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
         warnings.append(f"the pipeline is lossless but grew the parameters from {before.params:,} to {after.params:,}")
     report = {
         "source": program.source,
+        "frontend": program.frontend,
         "seed": inputs.seed,
         "inputs": [{"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
                    for n, t in zip(program.input_names, program.example_inputs)],
@@ -184,7 +185,7 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
             report["benchmark"] = {"skipped": str(exc)}
     if report_opts.path is not None:
         write_json(Path(report_opts.path), report)
-    module = final.ir if final.level == "fx" else final.metadata.get("fx_module")
+    module = final.ir if final.level == "fx" else final.fx_module
     return CompileResult(final, module, final.ir if final.level == "onnx" else None, artifact, report, records)
 
 
@@ -230,4 +231,4 @@ def _lifted(program: Program) -> Program:
     from .frontend.lift import lift_onnx
 
     gm = lift_onnx(program.ir)
-    return program.with_ir(gm, metadata={**program.metadata, "lifted_from_onnx": True})
+    return program.with_ir(gm, lifted_from_onnx=True, frontend="onnx2torch")

@@ -76,8 +76,16 @@ class TinyCNN(nn.Module):
 
 
 def program_of(module: nn.Module, *example_inputs, **kwargs):
-    """An FX-level Program of `module` (traced through slimc's frontend)."""
+    """An FX-level Program of `module` (checked by torch.export through slimc's frontend)."""
     return slimc.load_program(module, example_inputs, **kwargs)
+
+
+def aten_ops(program) -> dict:
+    """ATen op name -> count in the program's exported graph ('conv2d', 'batch_norm', 'linear', ...)."""
+    from collections import Counter
+
+    return dict(Counter(n.target._overloadpacket.__name__ for n in program.exported().graph.nodes
+                        if n.op == "call_function" and hasattr(n.target, "_overloadpacket")))
 
 
 # ---- tiny ONNX models ----------------------------------------------------------------

@@ -31,7 +31,8 @@ def test_resnet18_through_the_default_pipeline(tmp_path):
                       "seconds", "benchmark"}
     assert r["source"] == "torchvision:resnet18"
     assert r["inputs"] == [{"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32"}]
-    assert r["pipeline"].startswith("fuse-bn,to-onnx{opset=17 ") and ",simplify{check-n=" in r["pipeline"]
+    assert r["pipeline"].startswith("fuse-bn,to-onnx{opset=18 ") and ",simplify{check-n=" in r["pipeline"]
+    assert r["frontend"] == "torch.export" and r["passes"][1]["details"]["opset"] == 18
     assert [p["name"] for p in r["passes"]] == ["fuse-bn", "to-onnx", "simplify"]
     for p in r["passes"]:
         assert set(p) >= {"name", "level", "seconds", "changed", "stats"}
@@ -45,7 +46,7 @@ def test_resnet18_through_the_default_pipeline(tmp_path):
     # the exporter shares identical initializers (fresh BNs fold to equal all-zero biases): never more
     assert after["params"] <= r["passes"][0]["stats"]["params"]
     assert after["macs"] == before["macs"] > 0
-    assert before["ops"]["BatchNorm2d"] == 20 and "BatchNormalization" not in after["ops"]
+    assert before["ops"]["native_batch_norm"] == 20 and "BatchNormalization" not in after["ops"]
     assert after["ops"]["Conv"] == 20
     # numbers
     fid = r["fidelity"]

@@ -65,10 +65,22 @@ def lift_onnx(model):
         reason = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
         node = _failing_node(exc)
         which = f" at node '{node.name}' ({node.operation_type}, opset {_opset(model)})" if node is not None else ""
+        if node is None and isinstance(exc, KeyError) and exc.args:
+            # onnx2torch reports a missing value by its bare name ('_v_507'): say which node reads it
+            which, reason = _value_reader(model, str(exc.args[0])), f"no value named '{exc.args[0]}'"
         raise SlimcError(
             f"cannot lift this ONNX model to torch.fx for FX-level passes{which}: onnx2torch says: {reason}. "
             "Run ONNX-level passes only (e.g. 'simplify,fold-constants'), or give the PyTorch model."
         ) from None
+
+
+def _value_reader(model, value: str) -> str:
+    """' at node NAME (OpType, opset N), which reads value V' for the first node that reads or writes `value`."""
+    for node in model.graph.node:
+        if value in node.input or value in node.output:
+            role = "reads" if value in node.input else "writes"
+            return f" at node '{node.name or '(unnamed)'}' ({node.op_type}, opset {_opset(model)}), which {role} '{value}'"
+    return f" (value '{value}')"
 
 
 def _failing_node(exc: Exception):

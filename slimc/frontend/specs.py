@@ -72,8 +72,13 @@ def _torchvision(name: str):
             f"torchvision has no model '{name}'{closest(name, known)}. "
             "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them."
         )
-    # weights=None: random weights, so nothing is downloaded at compile time.
-    return torchvision.models.get_model(name, weights=None).eval()
+    import inspect
+
+    # weights=None: random weights, so nothing is downloaded at compile time. Segmentation and detection
+    # builders also load a pretrained backbone unless told weights_backbone=None.
+    builder = torchvision.models.get_model_builder(name)
+    extra = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+    return builder(weights=None, **extra).eval()
 
 
 def load_callable(spec: str, what: str = "function"):

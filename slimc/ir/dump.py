@@ -1,6 +1,7 @@
 """Textual IR dumps that a person reads when something goes wrong.
 
-FX:   `<stem>.py` (the GraphModule's generated Python) and `<stem>.nodes.txt` (a node table).
+FX:   `<stem>.py` (the exported ATen graph as Python) and `<stem>.nodes.txt` (a node table: name,
+      op, target, arguments, shape from the graph's fake tensors, and the module the node came from).
 ONNX: `<stem>.onnxtxt` (ONNX text syntax, weights in `<stem>.onnx.data`) and `<stem>.onnx` for Netron.
 """
 
@@ -17,37 +18,81 @@ __all__ = ["dump_program", "fx_node_table", "prepare_dump_dir", "DUMP_MANIFEST"]
 DUMP_MANIFEST = ".slimc-dump.json"
 
 
+def _shape_of(node) -> str:
+    val = node.meta.get("val")
+    if val is None:
+        meta = node.meta.get("tensor_meta")  # a GraphModule after torch.fx ShapeProp
+        return "x".join(map(str, meta.shape)) if meta is not None and hasattr(meta, "shape") else ""
+    if isinstance(val, (tuple, list)):
+        return ", ".join(_one_shape(v) for v in val)
+    return _one_shape(val)
+
+
+def _one_shape(val) -> str:
+    shape = getattr(val, "shape", None)
+    if shape is None:
+        return ""
+    dtype = str(getattr(val, "dtype", "")).replace("torch.", "")
+    return "x".join(str(d) for d in shape) + (f":{dtype}" if dtype and dtype != "float32" else "")
+
+
+def _module_of(node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path, cls = list(stack.values())[-1]
+    cls_name = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+    return f"{path} ({cls_name})" if path else cls_name
+
+
 def fx_node_table(gm) -> str:
-    """One line per FX node: name, opcode, target, arguments, and the shape when known."""
-    rows = [("name", "op", "target", "args", "shape")]
-    for n in gm.graph.nodes:
-        meta = n.meta.get("tensor_meta")
-        shape = "x".join(map(str, meta.shape)) if meta is not None and hasattr(meta, "shape") else ""
+    """One line per graph node: name, opcode, target, arguments, shape (when known) and owning module.
+
+    `gm` is a GraphModule, or an ExportedProgram (its ATen graph, shapes from node.meta['val'])."""
+    graph = gm.graph
+    rows = [("name", "op", "target", "args", "shape", "module")]
+    for n in graph.nodes:
         target = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        rows.append((n.name, n.op, str(target), ", ".join(map(str, n.args))[:80], shape))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((n.name, n.op, str(target), ", ".join(map(str, n.args))[:80], _shape_of(n), _module_of(n)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows) + "\n"
 
 
 def dump_program(program: Program, directory: str | Path, stem: str) -> list[Path]:
     """Write the program's IR under `directory` as `stem.*`; returns the files written."""
-    import torch.fx
-
     directory = Path(directory)
     if program.level == "onnx":
         text = save_onnx_text(program.ir, directory / f"{stem}.onnxtxt")
         written = [text, text.with_suffix(".onnx"), text.with_suffix(".onnx.data")]
     else:
-        gm = program.ir
-        code = gm.code if isinstance(gm, torch.fx.GraphModule) else repr(gm)
-        py, table = directory / f"{stem}.py", directory / f"{stem}.nodes.txt"
-        atomic_write(py, lambda tmp: Path(tmp).write_text(f"# {type(gm).__name__} after '{stem}'\n{code}"))
-        written = [py]
-        if isinstance(gm, torch.fx.GraphModule):
-            atomic_write(table, lambda tmp: Path(tmp).write_text(fx_node_table(gm)))
-            written.append(table)
+        written = _dump_fx(program, directory, stem)
     _record(directory, [p for p in written if p.exists()])
     return [p for p in written if p.suffix != ".data"]
+
+
+def _dump_fx(program: Program, directory: Path, stem: str) -> list[Path]:
+    import torch.fx
+
+    from ..errors import SlimcError
+
+    module = program.ir
+    try:
+        graph_owner = program.exported() if program.example_inputs else None
+    except SlimcError:  # a fallback GraphModule export refuses: show the traced graph
+        graph_owner = None
+    if graph_owner is not None:
+        code, header = graph_owner.graph_module.code, f"# {type(module).__name__} after '{stem}' (torch.export ATen graph)"
+    elif isinstance(module, torch.fx.GraphModule):
+        graph_owner = module
+        code, header = module.code, f"# {type(module).__name__} after '{stem}' (torch.fx graph)"
+    else:
+        code, header = repr(module), f"# {type(module).__name__} after '{stem}'"
+    py, table = directory / f"{stem}.py", directory / f"{stem}.nodes.txt"
+    atomic_write(py, lambda tmp: Path(tmp).write_text(f"{header}\n{code}"))
+    if graph_owner is None:
+        return [py]
+    atomic_write(table, lambda tmp: Path(tmp).write_text(fx_node_table(graph_owner)))
+    return [py, table]
 
 
 def _manifest(directory: Path) -> list[str]:
@@ -93,3 +138,4 @@ def prepare_dump_dir(directory: str | Path) -> None:
         shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
         raise SlimcError(f"--dump-ir '{directory}' already holds files that are not an earlier slimc dump ({shown}); "
                          "dumps of two runs would mix there. Give an empty or new directory.")
+

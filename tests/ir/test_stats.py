@@ -61,8 +61,9 @@ def test_fx_stats_by_hand():
     s = fx_stats(program.ir, program.example_inputs)
     assert s.params == Hand.PARAMS == 544
     assert s.macs == Hand.MACS == 5395
-    assert s.ops == {"Conv2d": 2, "relu": 1, "flatten": 1, "Linear": 1, "matmul": 1}
-    assert s.nodes == 6
+    # the op histogram is of the ATen ops that ran (views and copies left out)
+    assert s.ops == {"convolution": 2, "relu": 1, "addmm": 1, "mm": 1}
+    assert s.nodes == 5
     assert stats_of(program.ir, program.example_inputs) == s
 
 
@@ -99,7 +100,7 @@ class HandMethods(nn.Module):
 def test_fx_stats_method_matmuls_by_hand():
     program = program_of(HandMethods().eval(), torch.randn(2, 4, 5))
     s = stats_of(program.ir, program.example_inputs)
-    assert s.ops == {"matmul": 1, "bmm": 1}
+    assert s.ops == {"mm": 1, "bmm": 1}
     assert (s.params, s.macs) == (HandMethods.PARAMS, HandMethods.MACS)
 
 

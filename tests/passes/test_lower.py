@@ -20,24 +20,33 @@ def test_to_onnx_keeps_names_shapes_and_outputs(tiny_cnn, tiny_input):
     result = ToOnnx().apply(program)
     model = result.program.ir
     assert result.changed and result.program.level == "onnx"
-    assert result.details == {"opset": 17, "exporter": "torchscript", "dynamic_batch": False}
+    # the opset reported is the one the dynamo exporter wrote (read back from the model)
+    assert result.details == {"opset": 18, "exporter": "dynamo", "dynamic_batch": False}
     assert [i.name for i in model.graph.input] == ["input"]
     assert [o.name for o in model.graph.output] == ["output"]
     assert _dims(model.graph.input[0]) == [2, 3, 8, 8]
     assert _dims(model.graph.output[0]) == [2, 10]
-    assert {o.domain or "": o.version for o in model.opset_import}[""] == 17
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == 18
     assert "Conv" in {n.op_type for n in model.graph.node}
     # the FX module stays reachable for fine-tuning, and the input program is untouched
-    assert result.program.metadata["fx_module"] is program.ir
+    assert result.program.fx_module is program.ir
     assert program.level == "fx"
     for seed in (1, 2):
         xs = program.random_inputs(seed=seed)
         assert_outputs_close(program.run(xs), result.program.run(xs), rel=1e-5)
 
 
-def test_opset_option(tiny_cnn, tiny_input):
-    model = ToOnnx(opset=18).apply(program_of(tiny_cnn, tiny_input)).program.ir
-    assert {o.domain or "": o.version for o in model.opset_import}[""] == 18
+@pytest.mark.parametrize("exporter,asked,written", [
+    ("dynamo", 20, 20), ("dynamo", 17, 18), ("torchscript", 17, 17)])
+def test_opset_reported_is_the_one_written(tiny_cnn, tiny_input, exporter, asked, written):
+    program = program_of(tiny_cnn, tiny_input)
+    result = ToOnnx(opset=asked, exporter=exporter).apply(program)
+    model = result.program.ir
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == written
+    assert result.details["opset"] == written and result.details["exporter"] == exporter
+    assert result.details.get("opset_asked", written) == asked  # said when the exporter wrote another one
+    xs = fresh_inputs(program)
+    assert_outputs_close(program.run(xs), result.program.run(xs), rel=1e-5)
 
 
 @pytest.mark.parametrize("option,program_dynamic,expect", [
@@ -89,14 +98,14 @@ def test_several_inputs_and_outputs_get_numbered_names():
 
 def test_export_failure_is_a_clear_error(tiny_cnn, tiny_input):
     with pytest.raises(SlimcError) as e:
-        ToOnnx(opset=3).apply(program_of(tiny_cnn, tiny_input))
+        ToOnnx(opset=3, exporter="torchscript").apply(program_of(tiny_cnn, tiny_input))
     msg = str(e.value)
     assert "torch.onnx.export failed" in msg and "opset 3" in msg
     assert "to-onnx{exporter=dynamo}" in msg
 
 
 def test_to_onnx_options_print():
-    assert ToOnnx().print() == "to-onnx{opset=17 dynamic-batch=auto exporter=torchscript}"
+    assert ToOnnx().print() == "to-onnx{opset=18 dynamic-batch=auto exporter=dynamo}"
     assert ToOnnx.level == "fx" and ToOnnx().output_level == "onnx" and ToOnnx.lossless
 
 

@@ -1,8 +1,15 @@
 """`fuse-bn`: fold an eval-mode BatchNorm into the conv or linear layer that feeds it.
 
 y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta is again a conv with scaled weights and
-a new bias, so the BatchNorm node disappears. Grouped and depthwise convs fold the same way
+a new bias, so the BatchNorm disappears. Grouped and depthwise convs fold the same way
 (BatchNorm is per output channel). The conv's output must feed only the BatchNorm.
+
+Pairs are found on the exported ATen graph (aten.conv*/linear feeding aten.batch_norm; the
+parameter placeholders each node reads name the owning modules), so subclasses of the built-in
+layers (torchvision's Conv3DSimple, timm's BatchNormAct2d) fold like the built-ins. The rewrite
+happens on a private copy of the user's module: the producer gets folded weights, a plain
+BatchNorm becomes nn.Identity, and a BatchNorm subclass with its own forward (BatchNormAct2d:
+norm, then dropout and activation) keeps its forward with the norm made an exact identity.
 """
 
 from __future__ import annotations
@@ -12,49 +19,67 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..registry import Pass, PassResult, register_pass
-from ._graph import fresh_copy, set_submodule
+from ._graph import fresh_copy, layer_edges, require_module, set_submodule
 
-__all__ = ["FuseBN"]
+__all__ = ["FuseBN", "fold", "without_norm", "folds_own_bias"]
 
 
-def _candidates(gm):
-    """(producer node, bn node, producer module, bn module) where a conv/linear feeds only a BatchNorm."""
+def _why_not(edge, layer, bn) -> str | None:
+    """None when bn(layer(x)) folds exactly into `layer`, else the reason it does not."""
+    if edge.first_users != 1:
+        return "the conv/linear output is used by more than the BatchNorm"
+    if edge.calls.get(edge.first, 0) != 1:
+        # a module called at several places shares its weights: folding would rescale the other calls
+        return "the conv/linear module is called at more than one place"
+    if edge.calls.get(edge.second, 0) != 1:
+        return "the BatchNorm module is called at more than one place"
+    if not bn.track_running_stats or bn.running_mean is None:
+        return "BatchNorm uses batch statistics (track_running_stats=False)"
+    if not edge.own_bias:
+        return "the conv/linear bias is computed, not its own parameter"
+    if layer.bias is None and not folds_own_bias(layer):
+        return f"{type(layer).__name__}.forward may not use a new bias"
+    if edge.first_kind == "linear" and edge.dims != 2:
+        return "Linear + BatchNorm folds only on [N, C] outputs"  # BatchNorm1d normalises dim 1
+    return None
+
+
+def folds_own_bias(layer) -> bool:
+    """Whether `layer.forward` reads `self.bias` (true for the built-ins), so a bias added by folding is used."""
+    import inspect
+
     import torch.nn as nn
 
-    convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-    bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-    modules = dict(gm.named_modules())
-    # A module called at several places shares its weights between them: folding one BN into it
-    # would rescale the other calls too.
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), bns):
-            continue
-        src = node.args[0] if node.args else None
-        if getattr(src, "op", None) != "call_module" or len(src.users) != 1 or calls[src.target] != 1:
-            continue
-        producer, bn = modules[src.target], modules[node.target]
-        if not bn.track_running_stats or bn.running_mean is None:
-            continue  # batch statistics at inference: nothing fixed to fold
-        if isinstance(producer, (*convs, nn.Linear)):
-            yield src, node, producer, bn
+    forward = type(layer).forward
+    builtin = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+    if any(forward is b.forward for b in builtin):
+        return True
+    try:
+        return "self.bias" in inspect.getsource(forward)
+    except (OSError, TypeError):
+        return False
 
 
-def _fusable_pairs(gm):
+def without_norm(bn):
+    """What replaces a folded BatchNorm: nn.Identity for a plain one; for a subclass with its own forward
+    (norm + activation, e.g. timm's BatchNormAct2d) a copy whose norm is exactly the identity map, so
+    everything else its forward does is kept."""
+    import torch
     import torch.nn as nn
 
-    for src, node, producer, bn in _candidates(gm):
-        if not isinstance(producer, nn.Linear) or _is_2d(src):
-            yield src, node, producer, bn
-
-
-def _is_2d(node) -> bool:
-    # BatchNorm1d normalises dim 1: that is the linear layer's features only for [N, C] outputs.
-    meta = node.meta.get("tensor_meta")
-    return meta is not None and len(meta.shape) == 2
+    if type(bn).forward is nn.modules.batchnorm._BatchNorm.forward:
+        return nn.Identity()
+    new = copy.copy(bn)  # shallow: its own parameter and buffer dicts below, the submodules (act) shared
+    new._parameters, new._buffers, new._modules = dict(bn._parameters), dict(bn._buffers), dict(bn._modules)
+    n = bn.num_features
+    like = bn.running_mean
+    new.running_mean = torch.zeros(n, dtype=like.dtype)
+    new.running_var = torch.ones(n, dtype=like.dtype)
+    new.eps = 0.0  # (x - 0) / sqrt(1 + 0) * 1 + 0 == x exactly
+    if bn.affine:
+        new.weight = nn.Parameter(torch.ones(n, dtype=bn.weight.dtype), requires_grad=bn.weight.requires_grad)
+        new.bias = nn.Parameter(torch.zeros(n, dtype=bn.bias.dtype), requires_grad=bn.bias.requires_grad)
+    return new
 
 
 @register_pass
@@ -68,29 +93,30 @@ class FuseBN(Pass):
     summary: ClassVar[str] = "fold BatchNorm into the preceding conv/linear"
 
     def apply(self, program) -> PassResult:
-        import torch
-        import torch.nn as nn
-        from torch.fx.passes.shape_prop import ShapeProp
+        require_module(program, self.name)
+        modules = dict(program.ir.named_modules())
+        rejected, plan = {}, []
+        for edge in layer_edges(program):
+            if edge.second_kind != "bn" or edge.first_kind not in ("conv", "conv_transpose", "linear"):
+                continue
+            why = _why_not(edge, modules[edge.first], modules[edge.second])
+            if why:
+                rejected.setdefault(why, []).append(f"{edge.second} -> {edge.first}")
+            else:
+                plan.append((edge.first, edge.second))
+        if not plan:
+            return PassResult(program, changed=False, details={"fused": 0, **({"rejected": rejected} if rejected else {})})
+        new = fresh_copy(program.ir)
+        for prod, bn in plan:
+            set_submodule(new, prod, fold(modules[prod], modules[bn]))
+            set_submodule(new, bn, without_norm(modules[bn]))
+        details = {"fused": len(plan), "pairs": [f"{bn} -> {prod}" for prod, bn in plan]}
+        if rejected:
+            details["rejected"] = rejected
+        return PassResult(program.with_ir(new), changed=True, details=details)
 
-        gm = fresh_copy(program.ir)
-        if any(isinstance(p, nn.Linear) for _, _, p, _ in _candidates(gm)) and program.example_inputs:
-            with torch.no_grad():  # Linear+BN fuses only on [N, C] outputs: shapes needed
-                ShapeProp(gm).propagate(*program.example_inputs)
-        fused = []
-        for src, bn_node, producer, bn in list(_fusable_pairs(gm)):
-            set_submodule(gm, src.target, _fold(producer, bn))
-            bn_node.replace_all_uses_with(src)
-            gm.graph.erase_node(bn_node)
-            fused.append(f"{bn_node.target} -> {src.target}")
-        if not fused:
-            return PassResult(program, changed=False, details={"fused": 0})
-        gm.delete_all_unused_submodules()
-        gm.graph.lint()
-        gm.recompile()
-        return PassResult(program.with_ir(gm), changed=True, details={"fused": len(fused), "pairs": fused})
 
-
-def _fold(producer, bn):
+def fold(producer, bn):
     """A new module computing bn(producer(x)); `producer` itself is left alone.
 
     Not torch.nn.utils.fusion: it scales a grouped ConvTranspose's weight on the wrong axis
@@ -100,7 +126,8 @@ def _fold(producer, bn):
     import torch
     import torch.nn as nn
 
-    new = copy.deepcopy(producer)
+    new = copy.copy(producer)  # shallow: the class and options kept, parameters replaced below
+    new._parameters = dict(producer._parameters)
     w = producer.weight
     with torch.no_grad():
         scale = torch.rsqrt(bn.running_var + bn.eps)

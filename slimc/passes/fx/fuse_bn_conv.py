@@ -10,6 +10,8 @@ not: the padded zeros are not shifted by t, so a conv with zero padding (and t !
 with that reason. Reflect / replicate / circular padding copy BatchNorm outputs, so they fold.
 Linear after BatchNorm1d on [N, C] folds the same way (no padding). The `fuse-bn` pass covers the
 other order (conv -> bn); this one is for pre-activation blocks (bn -> conv), DenseNet, heads.
+Pairs are found on the exported ATen graph (batch_norm feeding conv/linear; parameter placeholders
+name the modules) and folded on a private copy of the module: the BatchNorm becomes nn.Identity.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..registry import Pass, PassResult, register_pass
-from ._graph import fresh_copy, set_submodule
+from ._graph import fresh_copy, layer_edges, require_module, set_submodule
+from .fuse_bn import folds_own_bias
 
 __all__ = ["FuseBNConv"]
 
@@ -46,23 +49,28 @@ def _has_zero_padding(conv) -> bool:
     return any(p > 0 for p in conv.padding)
 
 
-def _why_not(gm, bn_node, consumer_node, bn, consumer) -> str | None:
-    """None when the pair folds exactly, else the reason it does not."""
+def _why_not(edge, bn, consumer) -> str | None:
+    """None when consumer(bn(x)) folds exactly into `consumer`, else the reason it does not."""
     import torch.nn as nn
 
     if not bn.track_running_stats or bn.running_mean is None:
         return "BatchNorm uses batch statistics (track_running_stats=False)"
     if bn.training:
         return "BatchNorm is in training mode"
-    if len(bn_node.users) != 1:
+    if type(bn).forward is not nn.modules.batchnorm._BatchNorm.forward:
+        return f"{type(bn).__name__} does more than normalise in its forward (e.g. an activation after the norm)"
+    if edge.first_users != 1:
         return "the BatchNorm output is used by more than the conv/linear"
-    if sum(1 for n in gm.graph.nodes if n.op == "call_module" and n.target == consumer_node.target) > 1:
+    if edge.calls.get(edge.second, 0) != 1:
         return "the conv/linear module is called at more than one place"
-    if consumer_node.args[0] is not bn_node or len(consumer_node.args) != 1 or consumer_node.kwargs:
-        return "the BatchNorm output is not the layer's only input"
+    if edge.calls.get(edge.first, 0) != 1:
+        return "the BatchNorm module is called at more than one place"
+    if not edge.own_bias:
+        return "the conv/linear bias is computed, not its own parameter"
+    if consumer.bias is None and not folds_own_bias(consumer):
+        return f"{type(consumer).__name__}.forward may not use a new bias"
     if isinstance(consumer, nn.Linear):
-        meta = bn_node.meta.get("tensor_meta")
-        if meta is None or len(meta.shape) != 2:
+        if edge.dims != 2:
             return "Linear after BatchNorm folds only on [N, C] inputs"
         return None
     if consumer.in_channels != bn.num_features:
@@ -115,41 +123,25 @@ class FuseBNConv(Pass):
     summary: ClassVar[str] = "fold BatchNorm into the following conv/linear (bn -> conv)"
 
     def apply(self, program) -> PassResult:
-        import torch
         import torch.nn as nn
-        from torch.fx.passes.shape_prop import ShapeProp
 
-        convs = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        bns = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-        gm = fresh_copy(program.ir)
-        modules = dict(gm.named_modules())
-        pairs = []
-        for node in gm.graph.nodes:
-            if node.op != "call_module" or not isinstance(modules.get(node.target), (*convs, nn.Linear)):
-                continue
-            src = node.args[0] if node.args else None
-            if getattr(src, "op", None) == "call_module" and isinstance(modules.get(src.target), bns):
-                pairs.append((src, node))
-        if not pairs:
+        require_module(program, self.name)
+        modules = dict(program.ir.named_modules())
+        edges = [e for e in layer_edges(program) if e.first_kind == "bn" and e.second_kind in ("conv", "linear")]
+        if not edges:
             return PassResult(program, False, {"fused": 0})
-        if any(isinstance(modules[c.target], nn.Linear) for _, c in pairs) and program.example_inputs:
-            with torch.no_grad():  # Linear folds only on [N, C]: shapes needed
-                ShapeProp(gm).propagate(*program.example_inputs)
-        fused, rejected = [], {}
-        for bn_node, node in pairs:
-            bn, consumer = modules[bn_node.target], modules[node.target]
-            why = _why_not(gm, bn_node, node, bn, consumer)
+        rejected, plan = {}, []
+        for edge in edges:
+            why = _why_not(edge, modules[edge.first], modules[edge.second])
             if why:
-                rejected.setdefault(why, []).append(f"{bn_node.target} -> {node.target}")
-                continue
-            set_submodule(gm, node.target, _folded(consumer, bn))
-            bn_node.replace_all_uses_with(bn_node.args[0])
-            gm.graph.erase_node(bn_node)
-            fused.append(f"{bn_node.target} -> {node.target}")
-        details = {"fused": len(fused), "pairs": fused, "rejected": rejected}
-        if not fused:
+                rejected.setdefault(why, []).append(f"{edge.first} -> {edge.second}")
+            else:
+                plan.append((edge.first, edge.second))
+        details = {"fused": len(plan), "pairs": [f"{b} -> {c}" for b, c in plan], "rejected": rejected}
+        if not plan:
             return PassResult(program, False, details)
-        gm.delete_all_unused_submodules()
-        gm.graph.lint()
-        gm.recompile()
-        return PassResult(program.with_ir(gm), True, details)
+        new = fresh_copy(program.ir)
+        for bn_path, path in plan:
+            set_submodule(new, path, _folded(modules[path], modules[bn_path]))
+            set_submodule(new, bn_path, nn.Identity())
+        return PassResult(program.with_ir(new), True, details)
