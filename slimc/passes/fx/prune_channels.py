@@ -23,6 +23,9 @@ from ._graph import private_copy, require_traced, single_threaded, unshare
 __all__ = ["PruneChannels", "PruneWarning"]
 
 
+_MAX_RETRIES = 8  # cuts retried with one more module kept whole
+
+
 class PruneWarning(UserWarning):
     """prune-channels removed much less than asked; the message names what held the channels."""
 
@@ -103,21 +106,38 @@ class PruneChannels(Pass):
 
     def _apply_exported(self, program, work, exported) -> PassResult:
         from .prune import choose_removals, unit_scores
-        from .prune.aten_graph import analyze_module
+        from .prune.aten_graph import analyze_module, failing_module, pin_module
         from .prune.hf_config import update_hf_config
         from .prune.module_cut import cut_module
         from .prune.report import blockers, mac_estimate
 
+        retried: list[str] = []
         params_before = sum(p.numel() for p in work.parameters())
         analysis = analyze_module(work, program.example_inputs, ignore=self.ignore, exported=exported)
         self._check_names(analysis)
-        scores, notes = unit_scores(analysis, self.criterion, program.example_inputs, self.seed)
-        removed = choose_removals(analysis.groups, scores, self.ratio, self.scope, self.round_to,
-                                  self.min_channels, self.ratios)
-        changed = cut_module(analysis, removed) if removed else []
+        pristine = private_copy(work)  # retries start again from the unpruned copy
+        for attempt in range(_MAX_RETRIES + 1):
+            scores, notes = unit_scores(analysis, self.criterion, program.example_inputs, self.seed)
+            removed = choose_removals(analysis.groups, scores, self.ratio, self.scope, self.round_to,
+                                      self.min_channels, self.ratios)
+            changed = cut_module(analysis, removed) if removed else []
+            culprit, error = failing_module(work, lambda: self._check_runs(work, program.example_inputs,
+                                                                          analysis.output_shapes))
+            if error is None or culprit is None or attempt == _MAX_RETRIES:
+                break
+            # A module that sizes a reshape from another tensor's width at run time (Swin's C // num_heads)
+            # ties widths the graph does not show: keep that module whole and cut again.
+            work = private_copy(pristine)
+            analysis.module = work
+            pin_module(analysis, culprit, f"module '{culprit}' did not run with fewer channels "
+                                          f"({str(error).splitlines()[0][:120]}); kept whole")
+            retried.append(culprit)
+        if error is not None:
+            raise error
         unshare(work, program.ir)
         notes += update_hf_config(work) if changed else []
-        self._check_runs(work, program.example_inputs, analysis.output_shapes)
+        if retried:
+            notes.append(f"kept whole after a failed cut (widths tied at run time): {', '.join(retried)}")
         details = self._details(analysis, removed, notes, params_before, sum(p.numel() for p in work.parameters()))
         details["frontend"] = "torch.export"
         details["layers_changed"] = len(changed)

@@ -25,7 +25,7 @@ import torch.fx
 from .graph import ChannelAnalysis, NodeContext, _groups, _ignored, _LabelInterpreter, shapes_of
 from .labels import Tracker, _components, _mirror
 
-__all__ = ["AtenAnalysis", "analyze_module", "module_of", "LAYER_PARAM_ARGS"]
+__all__ = ["AtenAnalysis", "analyze_module", "module_of", "pin_module", "failing_module", "LAYER_PARAM_ARGS"]
 
 _MAX_PARAM_ATOMS = 1 << 20
 _MAX_CONCRETE = 1 << 22  # constant-derived values larger than this stay shapes only
@@ -181,7 +181,7 @@ class _Walk:
 
     def root_param(self, node) -> str | None:
         """The parameter a computed weight comes from (weight standardisation: reshape, norm, scale)."""
-        want = self.value(node)
+        want = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
         seen, todo = set(), [node]
         while todo:
             n = todo.pop()
@@ -189,7 +189,7 @@ class _Walk:
                 continue
             seen.add(n)
             fqn = self.fqn_of.get(n.name) if n.op == "placeholder" and n.name in self.param_names else None
-            v = self.value(n)
+            v = n.meta.get("val")
             if fqn and isinstance(v, torch.Tensor) and isinstance(want, torch.Tensor) and v.numel() == want.numel():
                 return fqn
             todo.extend(n.all_input_nodes)
@@ -272,3 +272,43 @@ def analyze_module(module: torch.nn.Module, example_inputs, ignore=(), exported=
     analysis.groups = _groups(tracker, class_of, a, b)
     analysis.seconds = time.perf_counter() - start
     return analysis
+
+
+def pin_module(analysis: AtenAnalysis, prefix: str, reason: str) -> None:
+    """Keep every channel of the parameters under module `prefix` and recompute the groups."""
+    t = analysis.tracker
+    for (fqn, axis), atoms in t.slots.items():
+        if fqn.startswith(prefix + ".") or not prefix:
+            t.pin(atoms, reason)
+    for fqn, label in t.params.items():
+        if fqn.startswith(prefix + "."):
+            t.pin(label, reason)
+    a, b = t.edges()
+    analysis.groups = _groups(t, analysis.class_of, a, b)
+
+
+def failing_module(module: torch.nn.Module, run) -> tuple[str | None, Exception | None]:
+    """Call `run()`; if it raises, the innermost module whose forward was running, and the error."""
+    stack: list[str] = []
+    names = {m: n for n, m in module.named_modules()}
+    handles = []
+    deepest: list = [None]
+
+    def enter(m, args):
+        stack.append(names.get(m, ""))
+
+    def leave(m, args, out):
+        stack.pop()
+
+    for m in names:
+        handles.append(m.register_forward_pre_hook(enter))
+        handles.append(m.register_forward_hook(leave))
+    try:
+        run()
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - reported to the caller
+        deepest[0] = stack[-1] if stack else None
+        return deepest[0], exc
+    finally:
+        for h in handles:
+            h.remove()

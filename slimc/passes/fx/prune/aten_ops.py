@@ -353,24 +353,47 @@ def _moving(label: torch.Tensor) -> list[int]:
     return [d for d in range(c.dim()) if c.shape[d] > 1 and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
 
 
+def _split_axes(in_shape, out_shape) -> list[tuple[int, list[int]]]:
+    """(input axis, output axes) for every input axis a reshape splits into several."""
+    groups, i, j = [], 0, 0
+    try:
+        while i < len(in_shape) and j < len(out_shape):
+            a, b, ins, outs = in_shape[i], out_shape[j], [i], [j]
+            while a != b:
+                if a < b:
+                    i += 1
+                    a *= in_shape[i]
+                    ins.append(i)
+                else:
+                    j += 1
+                    b *= out_shape[j]
+                    outs.append(j)
+            if len(ins) == 1 and len(outs) > 1:
+                groups.append((ins[0], outs))
+            i, j = i + 1, j + 1
+    except IndexError:
+        return []
+    return groups
+
+
 def _tie_split_axes(ctx, lab, out):
-    """A reshape that spreads channels over several axes (heads x head_dim, groups x width): a cut
-    must stay a product, so every moving axis but one is tied. Splitting the feature (last) axis
-    frees heads from (heads, head_dim) and (3, heads, head_dim); splitting any other axis
+    """A reshape that spreads one axis's channels over several axes (heads x head_dim, groups x
+    width): a cut must stay a product, so every moving axis but one is tied. Splitting the feature
+    (last) axis frees heads from (heads, head_dim) and (3, heads, head_dim); splitting any other axis
     (channel shuffle's (groups, width)) frees the longest."""
-    before, moving = _moving(lab), _moving(out)
-    if len(moving) <= max(len(before), 1):
-        return
+    moving = set(_moving(out))
     c = compact(out)
-    if before and before[-1] == lab.dim() - 1:
-        # (heads, head_dim) and (3, heads, head_dim): whole heads go. (A contraction ties the positions
-        # of the axes it sums over, so head_dim could not be cut on its own anyway.)
-        keep_dim = moving[1] if len(moving) >= 3 else moving[0]
-    else:
-        keep_dim = max(moving, key=lambda d: (c.shape[d], d))
-    for d in moving:
-        if d != keep_dim:
-            ctx.tracker.union(c, c.narrow(d, 0, 1), f"{ctx.describe()} splits channels over two axes")
+    for axis, outs in _split_axes(tuple(lab.shape), tuple(out.shape)):
+        spread = [d for d in outs if d in moving]
+        if len(spread) < 2:
+            continue
+        if axis == lab.dim() - 1:
+            keep_dim = spread[1] if len(spread) >= 3 else spread[0]
+        else:
+            keep_dim = max(spread, key=lambda d: (c.shape[d], d))
+        for d in spread:
+            if d != keep_dim:
+                ctx.tracker.union(c, c.narrow(d, 0, 1), f"{ctx.describe()} splits channels over two axes")
 
 
 class AtenReshape(Handler):
@@ -516,6 +539,13 @@ class AtenTupleOut(Handler):
                                (untracked(o.shape) if isinstance(o, torch.Tensor) else None) for o in ctx.out[1:])
 
 
+class AtenFactory(Handler):
+    """new_zeros / new_ones / new_full / new_empty: a fresh tensor that only borrows dtype and device."""
+
+    def propagate(self, ctx):
+        return ctx.untracked_out()
+
+
 def _packets(*names):
     return [getattr(aten, n) for n in names if hasattr(aten, n)]
 
@@ -555,6 +585,9 @@ def _register() -> None:
             "_assert_tensor_metadata"):
         register_builtin(p, pointwise)
     register_builtin(aten.native_dropout, AtenTupleOut(pointwise))
+    for p in _packets("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "scalar_tensor", "arange",
+                      "zeros", "ones", "full", "empty", "rand", "randn", "randint"):
+        register_builtin(p, AtenFactory())
     spatial = Channelwise(1)
     for p in _packets("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
                       "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
@@ -573,7 +606,7 @@ def _register() -> None:
     for p in _packets("permute", "transpose", "t", "unsqueeze", "squeeze", "flatten", "unflatten", "movedim",
                       "roll", "flip", "stack", "pixel_shuffle", "pixel_unshuffle", "repeat", "tile", "swapaxes",
                       "repeat_interleave", "numpy_T", "mT", "channel_shuffle", "native_channel_shuffle", "hstack",
-                      "vstack", "broadcast_to"):
+                      "vstack", "broadcast_to", "reshape_as", "view_as", "expand_as"):
         register_builtin(p, label_op)
     reshape = AtenReshape()
     for p in _packets("view", "reshape", "_unsafe_view", "expand", "_reshape_alias"):
