@@ -244,3 +244,19 @@ def test_user_handler_registered_before_the_builtins_load_survives_them():
         handlers._USER["modules"].pop(nn.Conv2d)
         handlers._LOADED = loaded
     assert type(handlers.handler_for(nn.Conv2d(1, 1, 1))).__name__ == "ConvHandler"
+
+
+def test_through_compile_a_leaf_module_prunes_after_export():
+    """Today's frontend traces with torch.fx: a layer it cannot trace stays a leaf, which the exported
+    graph opens up again, so it is pruned like the rest."""
+    import slimc
+
+    x = torch.randn(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = slimc.compile(Custom().eval(), x, pipeline="prune-channels{ratio=0.5 round-to=1 min-channels=1},to-onnx",
+                          backend="onnxruntime", leaf_modules=["bn"])
+    details = r.report["passes"][0]["details"]
+    assert details["frontend"] == "torch.export" and details["groups_pruned"] == 2
+    assert r.report["after"]["params"] < 0.4 * r.report["before"]["params"]
+    assert r.artifact.run([x.numpy()])[0].shape == (1, 5)
