@@ -260,3 +260,56 @@ def test_through_compile_a_leaf_module_prunes_after_export():
     assert details["frontend"] == "torch.export" and details["groups_pruned"] == 2
     assert r.report["after"]["params"] < 0.4 * r.report["before"]["params"]
     assert r.artifact.run([x.numpy()])[0].shape == (1, 5)
+
+
+class CumsumBlock(nn.Module):
+    """A user layer slimc cannot see through (cumsum over channels) with a per-channel parameter."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.gain = nn.Parameter(torch.rand(n) + 0.5)
+
+    def forward(self, x):
+        return torch.cumsum(x, 1) * 0 + x * self.gain.view(1, -1, 1, 1)
+
+
+class WithBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.blk, self.b = nn.Conv2d(3, 16, 1), CumsumBlock(16), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.b(self.blk(self.a(x)))
+
+
+def test_user_module_handler_treats_the_module_subgraph_as_one_call():
+    from slimc.passes.fx.prune import Handler, register_handler
+    from slimc.passes.fx.prune.handlers import _USER
+
+    class BlockHandler(Handler):
+        def propagate(self, ctx):
+            ctx.tracker.slot(ctx.name, "ch", ctx.arg_labels[0], 1, f"{ctx.describe()} scales per channel")
+            return ctx.arg_labels[0]
+
+        def weights(self, module, slot):
+            return [(module.gain, 0)]
+
+        def shrink(self, module, keep):
+            module.gain = nn.Parameter(module.gain.detach()[keep["ch"]])
+
+    x = torch.randn(1, 3, 4, 4)
+    assert prune(WithBlock(), x, round_to=1).program.ir.a.out_channels == 16  # cumsum blocks it
+    register_handler(CumsumBlock, BlockHandler())
+    try:
+        model = WithBlock().eval()
+        result = prune(model, x, round_to=1)
+    finally:
+        _USER["modules"].pop(CumsumBlock)
+    pruned = result.program.ir
+    assert pruned.a.out_channels == 8 and pruned.blk.gain.shape == (8,) and pruned.b.in_channels == 8
+    kept = [i for i in range(16) if any(torch.equal(pruned.a.weight[j], model.a.weight[i]) for j in range(8))]
+    with torch.no_grad():
+        act = (model.a(x) * model.blk.gain.view(1, -1, 1, 1))[:, kept].flatten(2)
+        want = torch.einsum("oc,bcp->bop", model.b.weight.flatten(1)[:, kept], act)
+        got = (pruned(x) - model.b.bias.view(1, -1, 1, 1)).flatten(2)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -96,6 +96,9 @@ class _AtenInterpreter(_LabelInterpreter):
 
     def _label_real(self, n, out):
         t = self.tracker
+        custom = self.walk.custom_call(n)
+        if custom is not None:
+            return self._custom_module(n, out, *custom)
         if n.op == "placeholder":
             fqn = self.walk.fqn_of.get(n.name)
             if fqn is None:
@@ -115,6 +118,18 @@ class _AtenInterpreter(_LabelInterpreter):
             ctx.pin_inputs(f"{ctx.describe()} is not followed")
             return ctx.untracked_out()
         return super()._label(n, out)
+
+    def _custom_module(self, n, out, path, module, handler):
+        """A node inside a module the user registered a handler for: the module's subgraph is one call.
+        Its inner nodes get no labels; the nodes leaving it get what the handler says."""
+        inside = self.walk.custom_nodes[path]
+        if all(u in inside for u in n.users) and n.users:
+            return None
+        inputs = self.walk.custom_inputs[path]
+        args = tuple(self.concrete.get(a, self.env.get(a)) for a in inputs)
+        ctx = NodeContext(n, module, args, {}, out, tuple(self.labels.get(a) for a in inputs), {}, self.tracker,
+                          qualname=path, walk=self.walk)
+        return handler.propagate(ctx)
 
     def _ctx(self, n, out):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -137,6 +152,39 @@ class _Walk:
         self.scales: set = set()  # BatchNorm weight slots, for criterion=bn
         self.literals: list = []  # (module path, old size, new size) filled in by the cut
         self.constant_nodes = self._constant_nodes(exported.graph_module.graph, sig)
+        self.custom_nodes, self.custom_inputs, self.custom_of = self._custom_modules(exported.graph_module.graph)
+
+    def _custom_modules(self, graph):
+        """Modules whose class has a user-registered module handler: their nodes and outside inputs."""
+        from .handlers import user_module_handler
+
+        nodes: dict[str, set] = {}
+        owner: dict = {}
+        for n in graph.nodes:
+            for path, _ in (n.meta.get("nn_module_stack") or {}).values():
+                path = ".".join(p.split("@")[0] for p in str(path).split("."))
+                try:
+                    mod = self.module.get_submodule(path) if path else self.module
+                except AttributeError:
+                    continue
+                handler = user_module_handler(mod)
+                if handler is not None:
+                    nodes.setdefault(path, set()).add(n)
+                    owner[n] = (path, mod, handler)
+                    break  # the outermost registered module takes the node
+        inputs = {}
+        for path, members in nodes.items():
+            seen = []
+            for n in graph.nodes:
+                if n in members:
+                    for a in n.all_input_nodes:
+                        if a not in members and a not in seen and not (a.op == "placeholder" and a.name in self.fqn_of):
+                            seen.append(a)
+            inputs[path] = seen
+        return nodes, inputs, owner
+
+    def custom_call(self, node):
+        return self.custom_of.get(node)
 
     def _constant_nodes(self, graph, sig):
         """Nodes computed from buffers, constants and literals alone (no user input, no parameter)."""

@@ -28,7 +28,7 @@ from .graph import NodeContext
 from .labels import channel_label, compact, rows
 
 __all__ = ["Handler", "register_handler", "lookup_handler", "handler_for", "Pointwise", "Channelwise", "Opaque",
-           "ApplyToLabels", "param_slice", "register_builtin", "registered"]
+           "ApplyToLabels", "param_slice", "register_builtin", "registered", "user_module_handler"]
 
 # Two layers: the built-in table (loaded lazily) and the user's registrations, which win.
 _BUILTIN: dict[str, dict] = {"modules": {}, "functions": {}, "methods": {}}
@@ -93,6 +93,16 @@ def lookup_handler(node, module) -> Handler | None:
         return found
     if node.op == "call_method":
         return _get("methods", node.target)
+    return None
+
+
+def user_module_handler(module: nn.Module) -> Handler | None:
+    """The handler a user registered for this layer's class (or a base class), else None. On an
+    exported graph such a module's subgraph is treated as one call of that handler."""
+    for cls in type(module).__mro__:
+        found = _USER["modules"].get(cls)
+        if found is not None:
+            return found
     return None
 
 

@@ -37,7 +37,12 @@ def _slots(analysis: ChannelAnalysis):
         from .module_cut import _tensor
 
         for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if not isinstance(axis, int) or fqn.endswith("#in"):
+            if isinstance(axis, str):  # a slot named by a user's module handler
+                mod = analysis.module.get_submodule(fqn) if fqn else analysis.module
+                handler = handler_for(mod)
+                yield atoms, handler.weights(mod, axis), handler.scale(mod, axis)
+                continue
+            if fqn.endswith("#in"):
                 continue
             tensor = _tensor(analysis.module, fqn)
             if not tensor.is_floating_point():

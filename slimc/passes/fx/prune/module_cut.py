@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .attention import AttentionHandler
+from .handlers import handler_for
 from .shrink import Cut, _cut_param
 
 __all__ = ["cut_module", "SIZE_ATTRIBUTES"]
@@ -93,11 +94,29 @@ def cut_module(analysis, removed_units: dict[str, torch.Tensor]) -> list[str]:
     for owner in sorted(mha):
         _cut_multihead(root, owner, per_param)
         changed_modules.add(owner)
+    handled = _module_level_keeps(tracker, cut)
+    for path, keep in handled.items():  # modules cut by a user's handler
+        mod = root.get_submodule(path) if path else root
+        new = handler_for(mod).shrink(mod, keep)
+        if new is not None and new is not mod:
+            parent, _, attr = path.rpartition(".")
+            setattr(root.get_submodule(parent) if parent else root, attr, new)
+        changed_modules.add(path)
     for name in sorted(changed_modules):
-        if not any(name == o or name.startswith(o + ".") for o in mha):
+        if not any(name == o or name.startswith(o + ".") for o in mha) and name not in handled:
             _fix_layer(root.get_submodule(name) if name else root, name, old_shapes)
     _fix_literals(root, analysis.walk.literals)
     return sorted(changed_modules)
+
+
+def _module_level_keeps(tracker, cut) -> dict[str, dict[str, torch.Tensor]]:
+    """{module path: {slot: kept indices}} for slots named by a module handler (not parameter axes)."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for (path, slot), atoms in tracker.slots.items():
+        if isinstance(slot, str):
+            out.setdefault(path, {})[slot] = (~cut.removed_at(atoms)).nonzero().flatten()
+    removed = {p for p, keep in out.items() if any(k.numel() < tracker.slots[(p, s)].numel() for s, k in keep.items())}
+    return {p: k for p, k in out.items() if p in removed}
 
 
 def _fix_layer(mod: nn.Module, name: str, old_shapes: dict) -> None:
