@@ -35,7 +35,7 @@ def zero_removed(analysis, removed) -> None:
     producers = {(m, s) for _, m, s in analysis.tracker.producers}
     with torch.no_grad():
         for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if fqn.endswith("#in"):
+            if fqn.endswith(("#in", "#all")):
                 continue
             t = _tensor(analysis.module, fqn)
             idx = cut.removed_at(atoms).nonzero().flatten()
@@ -313,3 +313,13 @@ def test_user_module_handler_treats_the_module_subgraph_as_one_call():
         want = torch.einsum("oc,bcp->bop", model.b.weight.flatten(1)[:, kept], act)
         got = (pruned(x) - model.b.bias.view(1, -1, 1, 1)).flatten(2)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_grouped_conv_with_few_wide_groups_is_cut_inside_every_group_alike():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, padding=1, groups=2), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 64, 1, groups=32), nn.ReLU(), nn.Conv2d(64, 4, 1))
+    pruned, _ = check_exact(model, torch.randn(1, 3, 8, 8))
+    assert pruned[3].groups == 2 and pruned[3].in_channels == 8 and pruned[3].out_channels == 16
+    assert pruned[3].weight.shape == (16, 4, 3, 3)
+    assert pruned[6].groups == 16 and pruned[6].out_channels == 32  # narrow groups: whole groups go

@@ -106,16 +106,23 @@ class AtenLayer(Handler):
         n_out = w_val.shape[w_out] * (groups if w_out == 1 and self.kind != "addmm" and self.kind != "mm"
                                       and groups > 1 else 1)
         why = f"{ctx.describe()} reads its input channels"
-        if groups == 1:
-            rep = t.slot(fqn, w_in, x_lab, xdim, why)
-        else:
-            rep = t.slot(fqn + "#in", 0, x_lab, xdim, why)  # grouped: no weight axis; tied to output blocks
+        # A grouped conv with few wide groups (ResNeSt's radix, small group counts) is cut inside its groups,
+        # every group alike; one with many narrow groups (depthwise, ResNeXt) loses whole groups.
+        within = 1 < groups < n_out // groups
+        in_key = (fqn, w_in) if groups == 1 or within else (fqn + "#in", 0)
+        rep = t.slot(in_key[0] + ("#all" if within else ""), in_key[1], x_lab, xdim, why)
         out = t.fresh(n_out)
         if groups > 1:
             blocks_in, blocks_out = rep.view(groups, -1), out.view(groups, -1)
-            gwhy = f"grouped conv {ctx.describe()} ties input and output channels of each group"
-            t.union(blocks_out, blocks_out[:, :1], gwhy)
-            t.union(blocks_in, blocks_out[:, :1], gwhy)
+            if within:
+                gwhy = f"grouped conv {ctx.describe()} keeps every group the same width"
+                t.union(blocks_out, blocks_out[:1].expand_as(blocks_out), gwhy)
+                t.union(blocks_in, blocks_in[:1].expand_as(blocks_in), gwhy)
+                t.slot(fqn, w_in, blocks_in[0], 0, why)
+            else:
+                gwhy = f"grouped conv {ctx.describe()} ties input and output channels of each group"
+                t.union(blocks_out, blocks_out[:, :1], gwhy)
+                t.union(blocks_in, blocks_out[:, :1], gwhy)
         if computed:
             w_lab = ctx.arg_labels[wi] if wi < len(ctx.arg_labels) else None
             if isinstance(w_lab, torch.Tensor):
@@ -136,7 +143,7 @@ class AtenLayer(Handler):
         kernel = math.prod(w_val.shape[2:]) if w_val.dim() > 2 else 1
         per_out = (w_val.shape[w_in] if groups == 1 else w_val.shape[1]) * kernel
         _macs(ctx, out_val.numel() * per_out)
-        walk.layer_slots[ctx.node.name] = [(fqn, w_out), (fqn, w_in) if groups == 1 else (fqn + "#in", 0)]
+        walk.layer_slots[ctx.node.name] = [(fqn, w_out), in_key]
         return channel_label(out, out_val.shape, odim)
 
 
@@ -465,8 +472,16 @@ class AtenReduce(Handler):
         c = compact(lab)
         over_channels = [d for d in dims if c.shape[d] > 1 and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
         if over_channels and not keepdim:
-            ctx.pin_inputs(f"{ctx.describe()} reduces over a channel axis")
-            return ctx.untracked_out()
+            # Summing tied copies (ResNeSt's radix splits) is fine; summing distinct channels is not.
+            t, desc, full = ctx.tracker, ctx.describe(), lab
+
+            def check(analysis):
+                if any(analysis.varies(full, d) for d in over_channels):
+                    t.pin(full, f"{desc} reduces over a channel axis")
+            t.constraints.append(check)
+            for d in dims:
+                lab = lab.select(d, 0)
+            return lab.expand(ctx.out.shape)
         for d in dims:
             lab = lab.narrow(d, 0, 1) if keepdim else lab.select(d, 0)
         if over_channels:

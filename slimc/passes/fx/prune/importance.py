@@ -42,7 +42,7 @@ def _slots(analysis: ChannelAnalysis):
                 handler = handler_for(mod)
                 yield atoms, handler.weights(mod, axis), handler.scale(mod, axis)
                 continue
-            if fqn.endswith("#in"):
+            if fqn.endswith(("#in", "#all")):
                 continue
             tensor = _tensor(analysis.module, fqn)
             if not tensor.is_floating_point():

@@ -24,7 +24,7 @@ __all__ = ["cut_module", "SIZE_ATTRIBUTES"]
 # Int attributes a module's forward may size a reshape or split with; updated when that literal shrinks.
 SIZE_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_key_value_heads", "num_kv_heads",
                    "heads", "split_size", "all_head_size", "embed_dim", "inner_dim", "head_dim",
-                   "attention_head_size", "hidden_size", "hidden_dim", "d_model", "dim")
+                   "attention_head_size", "hidden_size", "hidden_dim", "d_model", "dim", "width", "channels")
 
 
 def _tensor(root: nn.Module, fqn: str):
@@ -57,7 +57,7 @@ def cut_module(analysis, removed_units: dict[str, torch.Tensor]) -> list[str]:
     cut = Cut(analysis, removed_units)
     per_param: dict[str, dict[int, torch.Tensor]] = {}
     for (fqn, axis), atoms in tracker.slots.items():
-        if not isinstance(axis, int) or fqn.endswith("#in"):
+        if not isinstance(axis, int) or fqn.endswith(("#in", "#all")):
             continue
         gone = cut.removed_at(atoms)
         if bool(gone.any()):
@@ -123,10 +123,12 @@ def _fix_layer(mod: nn.Module, name: str, old_shapes: dict) -> None:
     w = getattr(mod, "weight", None)
     if isinstance(mod, nn.modules.conv._ConvNd) and isinstance(w, torch.Tensor):
         per_group_out = mod.out_channels // mod.groups
+        old = old_shapes.get(f"{name}.weight" if name else "weight", tuple(w.shape))
         if mod.transposed:
             mod.in_channels, mod.out_channels = w.shape[0], w.shape[1] * mod.groups
         else:
-            mod.groups = max(1, w.shape[0] // per_group_out) if mod.groups > 1 else 1
+            if mod.groups > 1 and w.shape[1] == old[1]:  # whole groups went; a cut inside groups keeps them
+                mod.groups = max(1, w.shape[0] // per_group_out)
             mod.out_channels, mod.in_channels = w.shape[0], w.shape[1] * mod.groups
     elif isinstance(mod, nn.Linear) and isinstance(w, torch.Tensor):
         mod.out_features, mod.in_features = w.shape
