@@ -129,9 +129,17 @@ class PruneChannels(Pass):
             # ties widths the graph does not show: keep that module whole and cut again.
             work = private_copy(pristine)
             analysis.module = work
-            pin_module(analysis, culprit, f"module '{culprit}' did not run with fewer channels "
-                                          f"({str(error).splitlines()[0][:120]}); kept whole")
-            retried.append(culprit)
+            why = f"did not run with fewer channels ({str(error).splitlines()[0][:120]}); kept whole"
+            kind = type(work.get_submodule(culprit) if culprit else work)
+            if sum(type(work.get_submodule(r) if r else work) is kind for r in retried) >= 2:
+                # The third failure of one class: keep every module of that class whole at once.
+                for name, mod in work.named_modules():
+                    if type(mod) is kind and name not in retried:
+                        pin_module(analysis, name, f"module '{name}' ({kind.__name__}, like '{culprit}') {why}")
+                        retried.append(name)
+            else:
+                pin_module(analysis, culprit, f"module '{culprit}' {why}")
+                retried.append(culprit)
         if error is not None:
             raise error
         unshare(work, program.ir)
