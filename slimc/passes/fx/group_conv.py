@@ -31,7 +31,8 @@ class GroupConv(Pass):
     permute:      reorder channels first so the kept blocks hold most of the weight
     min_channels: convs with fewer input or output channels are left dense
     ignore:       layers (names or name prefixes) left dense
-    layers:       per-layer group counts, e.g. layer4.0.conv2:2 (1 leaves the layer dense)
+    layers:       group counts by layer name or name prefix, e.g. layer4:2 or layer4.0.conv2:8 (the
+                  longest matching prefix wins; 1 leaves the layer dense)
     """
 
     name: ClassVar[str] = "group-conv"
@@ -62,13 +63,14 @@ class GroupConv(Pass):
         from .grouping.plan import plan_and_permute
         from .prune.graph import analyze, output_shapes
 
+        program = _traced(program)
         require_traced(program, "group-conv")
         gm = private_copy(program.ir).eval()
         candidates, skipped = self._candidates(gm)
         if not candidates:
             return PassResult(program, changed=False, details={"grouped": 0, "skipped": skipped})
         reference = output_shapes(gm, program.example_inputs)
-        out_numels = _out_numels(gm, program.example_inputs, {name for name, _, _ in candidates})
+        inputs_of = _input_shapes(gm, program.example_inputs, {name for name, _, _ in candidates})
         originals = {name: mod.weight for name, mod, _ in candidates}  # handlers replace, never write
         orders, perm_skipped, check = {}, {}, "not permuted"
         if self.permute:
@@ -89,11 +91,10 @@ class GroupConv(Pass):
             blocks_o, blocks_i = contiguous_blocks(mass.shape[0], g), contiguous_blocks(mass.shape[1], g)
             kept = kept_mass(mass, blocks_o, blocks_i) / total
             kept0 = kept_mass(mass_of(originals[name]), blocks_o, blocks_i) / total
-            out_numel = out_numels.get(name, 0)
             row = {"groups": g, "kept_fraction": round(kept, 4), "kept_fraction_unpermuted": round(kept0, 4),
                    "params_before": _params(mod), "params_after": _params(new),
-                   "macs_before": out_numel * mod.in_channels * _prod(mod.kernel_size),
-                   "macs_after": out_numel * (mod.in_channels // g) * _prod(mod.kernel_size)}
+                   "macs_before": _layer_macs(mod, inputs_of.get(name)),
+                   "macs_after": _layer_macs(new, inputs_of.get(name))}
             layers[name] = row
             for k in totals:
                 totals[k] += row[k]
@@ -116,12 +117,12 @@ class GroupConv(Pass):
         dense_types = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
         seen, out, skipped = set(), [], {}
         names = {n for n, m in gm.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
-        unknown = [k for k in self.layers if k not in names]
+        unknown = [k for k in self.layers if not any(_matches(n, k) for n in names)]
         if unknown:
             from ...errors import closest
 
-            raise SlimcError(f"group-conv: layers names convs that do not exist: {', '.join(unknown)}"
-                             f"{closest(unknown[0], names)}.")
+            raise SlimcError(f"group-conv: layers names convs (or name prefixes) that do not exist: "
+                             f"{', '.join(unknown)}{closest(unknown[0], names)}.")
         for node in gm.graph.nodes:
             if node.op != "call_module" or node.target in seen:
                 continue
@@ -132,11 +133,11 @@ class GroupConv(Pass):
                 continue
             if not isinstance(mod, nn.modules.conv._ConvNd):
                 continue
-            g = self.layers.get(name, self.groups)
+            g = _by_prefix(name, self.layers, self.groups)
             why = None
             if type(mod) not in dense_types:
                 why = f"{type(mod).__name__} is not grouped (only Conv1d/2d/3d)"
-            elif any(name == i or name.startswith(i + ".") for i in self.ignore):
+            elif any(_matches(name, i) for i in self.ignore):
                 why = "in the ignore list"
             elif mod.groups > 1:
                 why = "depthwise" if mod.groups == mod.in_channels else f"already grouped (groups={mod.groups})"
@@ -177,26 +178,56 @@ def _params(mod) -> int:
     return sum(p.numel() for p in mod.parameters())
 
 
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
+def _matches(name: str, prefix: str) -> bool:
+    """`prefix` names the layer itself or a module containing it (as ignore= and prune-channels' ratios=)."""
+    return name == prefix or name.startswith(prefix + ".")
 
 
-def _out_numels(gm, example_inputs, names) -> dict[str, int]:
-    """Output size of each named module on the example inputs (first call), for MAC counts."""
+def _by_prefix(name: str, table: dict, default):
+    best = max((k for k in table if _matches(name, k)), key=len, default=None)
+    return table[best] if best is not None else default
+
+
+def _traced(program):
+    """group-conv rewrites an FX graph: a plain module is traced first (the result is a GraphModule)."""
+    import torch.fx
+    import torch.nn as nn
+
+    if isinstance(program.ir, nn.Module) and not isinstance(program.ir, torch.fx.GraphModule):
+        try:
+            return program.with_ir(torch.fx.symbolic_trace(program.ir))
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SlimcError(f"group-conv needs a model torch.fx can trace; tracing {type(program.ir).__name__} "
+                             f"failed: {first}. Leave group-conv out of the pipeline for this model.") from exc
+    return program
+
+
+def _layer_macs(mod, input_shape) -> int:
+    """MACs of one layer on its input shape, from the shared counter (slimc.ir.stats)."""
+    import torch
+    import torch.fx
+
+    from ...ir.stats import stats_of
+
+    if input_shape is None:
+        return 0
+    return stats_of(torch.fx.symbolic_trace(mod), (torch.zeros(input_shape),)).macs
+
+
+def _input_shapes(gm, example_inputs, names) -> dict[str, tuple]:
+    """Input shape of each named module on the example inputs (first call)."""
     import torch
 
-    sizes, hooks = {}, []
+    shapes, hooks = {}, []
     for name in names:
-        def hook(mod, args, out, name=name):
-            sizes.setdefault(name, out.numel())
-        hooks.append(gm.get_submodule(name).register_forward_hook(hook))
+        def hook(mod, args, name=name):
+            shapes.setdefault(name, tuple(args[0].shape))
+        hooks.append(gm.get_submodule(name).register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
             gm(*example_inputs)
     finally:
         for h in hooks:
             h.remove()
-    return sizes
+    return shapes

@@ -10,14 +10,24 @@ cannot follow is left whole, and `explain=true` lists which node kept which grou
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
+
+import torch.fx
 
 from ...errors import SlimcError
 from ..registry import Pass, PassResult, register_pass
 from ._graph import private_copy, require_traced, single_threaded, unshare
 
-__all__ = ["PruneChannels"]
+__all__ = ["PruneChannels", "PruneWarning"]
+
+
+_MAX_RETRIES = 8  # cuts retried with one more module kept whole
+
+
+class PruneWarning(UserWarning):
+    """prune-channels removed much less than asked; the message names what held the channels."""
 
 
 @register_pass
@@ -64,6 +74,114 @@ class PruneChannels(Pass):
             return self._apply(program)
 
     def _apply(self, program) -> PassResult:
+        import torch.nn as nn
+
+        if not isinstance(program.ir, nn.Module):
+            raise SlimcError(f"prune-channels works on a PyTorch module, got {type(program.ir).__name__}.")
+        if not program.example_inputs:
+            raise SlimcError("prune-channels needs example inputs to follow channels through the graph; "
+                             "give the model's input shape when compiling.")
+        from ...frontend.export import export_module
+
+        work = private_copy(program.ir, share_weights=self.criterion != "taylor").eval()
+        try:
+            exported = export_module(work, program.example_inputs)
+        except SlimcError:
+            if isinstance(program.ir, torch.fx.GraphModule):  # a traced graph export refuses: the FX walk
+                return self._apply_traced(program)
+            raise
+        try:
+            return self._apply_exported(program, work, exported)
+        except SlimcError as exc:
+            # A traced graph bakes sizes in as constants that only the FX walk rewrites.
+            if isinstance(program.ir, torch.fx.GraphModule) and "prune-channels produced" in str(exc):
+                result = self._apply_traced(program)
+                result.details["frontend"] += f"; the exported-graph cut failed: {str(exc)[:200]}"
+                return result
+            raise
+
+    def _apply_exported(self, program, work, exported) -> PassResult:
+        from .prune import choose_removals, unit_scores
+        from .prune.aten_graph import analyze_module, failing_module, pin_module
+        from .prune.hf_config import update_hf_config
+        from .prune.module_cut import cut_module
+        from .prune.report import blockers, mac_estimate
+
+        retried: list[str] = []
+        params_before = sum(p.numel() for p in work.parameters())
+        analysis = analyze_module(work, program.example_inputs, ignore=self.ignore, exported=exported)
+        self._check_names(analysis)
+        pristine = private_copy(work)  # retries start again from the unpruned copy
+        for attempt in range(_MAX_RETRIES + 1):
+            scores, notes = unit_scores(analysis, self.criterion, program.example_inputs, self.seed)
+            removed = choose_removals(analysis.groups, scores, self.ratio, self.scope, self.round_to,
+                                      self.min_channels, self.ratios)
+            changed = cut_module(analysis, removed) if removed else []
+            culprit, error = failing_module(work, lambda: self._check_runs(work, program.example_inputs,
+                                                                          analysis.output_shapes))
+            if error is None or culprit is None or attempt == _MAX_RETRIES:
+                break
+            # A module that sizes a reshape from another tensor's width at run time (Swin's C // num_heads)
+            # ties widths the graph does not show: keep that module whole and cut again.
+            work = private_copy(pristine)
+            analysis.module = work
+            why = f"did not run with fewer channels ({str(error).splitlines()[0][:120]}); kept whole"
+            kind = type(work.get_submodule(culprit) if culprit else work)
+            if sum(type(work.get_submodule(r) if r else work) is kind for r in retried) >= 2:
+                # The third failure of one class: keep every module of that class whole at once.
+                for name, mod in work.named_modules():
+                    if type(mod) is kind and name not in retried:
+                        pin_module(analysis, name, f"module '{name}' ({kind.__name__}, like '{culprit}') {why}")
+                        retried.append(name)
+            else:
+                pin_module(analysis, culprit, f"module '{culprit}' {why}")
+                retried.append(culprit)
+        if error is not None:
+            raise error
+        unshare(work, program.ir)
+        notes += update_hf_config(work) if changed else []
+        if retried:
+            notes.append(f"kept whole after a failed cut (widths tied at run time): {', '.join(retried)}")
+        details = self._details(analysis, removed, notes, params_before, sum(p.numel() for p in work.parameters()))
+        details["frontend"] = "torch.export"
+        details["layers_changed"] = len(changed)
+        dense, after = mac_estimate(analysis, removed)
+        details["layer_macs_before"], details["layer_macs_after"] = dense, after
+        asked = 1 - (1 - self.ratio) ** 2  # cutting every group by `ratio` cuts a conv chain's MACs by this
+        got = 1 - after / dense if dense else 0.0
+        top = blockers(analysis, full=self.explain)
+        if self.explain:
+            details["blockers"] = top
+        if self.ratio > 0 and not self.ratios and got < 0.5 * asked:
+            details["blockers"] = top if self.explain else top[:5]
+            lines = "; ".join(f"{b['reason']} ({b['macs_held'] / 1e6:.1f} M MACs held)" for b in top[:3])
+            warning = (f"prune-channels{{ratio={self.ratio}}} cut only {got:.0%} of the layer MACs (cutting every "
+                       f"group by {self.ratio:.0%} would cut about {asked:.0%}). Top blockers: {lines or 'none found'}. "
+                       "explain=true lists them all; register_handler teaches slimc an op it does not follow.")
+            details["warning"] = warning
+            warnings.warn(warning, PruneWarning, stacklevel=2)
+        return PassResult(program.with_ir(work), changed=bool(changed), details=details)
+
+    @staticmethod
+    def _check_runs(module, example_inputs, reference) -> None:
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        try:
+            with torch.no_grad():
+                out = module(*example_inputs)
+        except Exception as exc:  # a size the analysis missed: say where, do not return a broken model
+            raise SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}). Put the layers involved in "
+                             f"ignore=..., or register a handler for the op that was not followed.") from exc
+        got = tuple(tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        want = tuple(s for s in tree_leaves(reference, is_leaf=lambda x: isinstance(x, tuple) and all(
+            isinstance(i, int) for i in x)) if isinstance(s, tuple))
+        if got != want:
+            raise SlimcError(f"prune-channels changed the output shapes from {want} to {got}; "
+                             "this is a bug in a prune handler. Use ignore=... on the last layers meanwhile.")
+
+    def _apply_traced(self, program) -> PassResult:
         from .prune import analyze, apply_cut, choose_removals, unit_scores
         from .prune.graph import output_shapes
 
@@ -88,6 +206,7 @@ class PruneChannels(Pass):
             raise SlimcError(f"prune-channels changed the output shapes from {reference} to {got}; "
                              "this is a bug in a prune handler. Use ignore=... on the last layers meanwhile.")
         details = self._details(analysis, removed, notes, params_before, sum(p.numel() for p in gm.parameters()))
+        details["frontend"] = "torch.fx.symbolic_trace graph"
         details["layers_changed"] = len(changed)
         return PassResult(program.with_ir(gm), changed=bool(changed), details=details)
 

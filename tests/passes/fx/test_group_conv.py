@@ -288,3 +288,22 @@ def test_per_layer_group_counts():
     assert r.details["layers"]["b2.conv2"]["params_after"] == 32 * 4 * 9
     assert r.details["permutation_check"].startswith("exact")
     assert gm(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_layer_counts_take_name_prefixes_like_ignore_and_ratios():
+    r = GroupConv(groups=2, layers={"b2": 4, "b2.conv2": 8}).apply(program())
+    gm = r.program.ir
+    assert (gm.b2.conv1.groups, gm.b2.conv2.groups, gm.b1.conv1.groups) == (4, 8, 2)  # longest prefix wins
+    with pytest.raises(SlimcError, match="b3"):
+        GroupConv(layers={"b3": 2}).apply(program())
+
+
+def test_plain_module_is_traced_and_macs_come_from_the_shared_counter():
+    from slimc.ir.stats import fx_stats
+
+    model = _randomise_bn(ResNetish()).eval()
+    x = torch.randn(1, 3, 16, 16)
+    r = GroupConv(groups=2).apply(Program(ir=model, example_inputs=(x,), input_names=("input",)))
+    row = r.details["layers"]["b1.conv1"]
+    assert row["macs_before"] == fx_stats(fx.symbolic_trace(model.b1.conv1), (torch.zeros(1, 16, 16, 16),)).macs
+    assert row["macs_after"] * 2 == row["macs_before"] and r.program.ir(x).shape == (1, 10)

@@ -178,11 +178,15 @@ class ScaleHandler(Handler):
 
 
 def test_register_handler_for_a_user_layer():
+    """The FX walk (slimc.passes.fx.prune.analyze on a traced graph) keeps a leaf it has no handler for
+    whole; a user handler teaches it the layer. (The pass itself exports the model, where Scale's
+    multiply is an ATen op it follows: see test_prune_aten.py.)"""
+    from slimc.passes.fx.prune import analyze
+
     model = WithScale().eval()
     gm = fx.GraphModule(model, _LeafTracer().trace(model))
-    prog = Program(ir=gm, example_inputs=(torch.randn(1, 3, 4, 4),), input_names=("input",))
-    blocked = PruneChannels(ratio=0.5, round_to=1, explain=True).apply(prog)
-    assert blocked.program.ir.a.out_channels == 16 and "module Scale" in blocked.details["blocked"][0]
+    blocked = analyze(gm, (torch.randn(1, 3, 4, 4),))
+    assert not next(g for g in blocked.groups if g.name == "a").prunable
     register_handler(Scale, ScaleHandler())
     try:
         from test_prune_handlers import check_exact
@@ -190,9 +194,12 @@ def test_register_handler_for_a_user_layer():
         _, _, pruned, _ = check_exact(model, torch.randn(1, 3, 4, 4), tracer=_LeafTracer())
         assert pruned.s.scale.shape == (8,) and pruned.a.out_channels == 8
     finally:
-        from slimc.passes.fx.prune.handlers import _MODULES
+        from slimc.passes.fx.prune.handlers import _USER
 
-        _MODULES.pop(Scale, None)
+        _USER["modules"].pop(Scale, None)
+    prog = Program(ir=gm, example_inputs=(torch.randn(1, 3, 4, 4),), input_names=("input",))
+    exported = PruneChannels(ratio=0.5, round_to=1).apply(prog).program.ir
+    assert exported.a.out_channels == 8 and exported.s.scale.shape == (8,)
 
 
 class DataDependent(nn.Module):
@@ -213,7 +220,11 @@ def test_data_dependent_values_fall_back_to_a_real_walk():
     assert r.program.ir.a.out_channels == 8 and r.program.ir(torch.randn(1, 3, 4, 4)).shape == (1, 4, 4, 4)
 
 
-def test_not_a_graph_module_is_a_clear_error():
+def test_plain_module_prunes_and_a_non_module_is_a_clear_error():
     prog = Program(ir=Net().eval(), example_inputs=(torch.randn(1, 3, 8, 8),), input_names=("input",))
-    with pytest.raises(SlimcError, match="GraphModule"):
-        PruneChannels().apply(prog)
+    assert PruneChannels(round_to=1).apply(prog).program.ir.conv1.out_channels == 12
+    with pytest.raises(SlimcError, match="PyTorch module"):
+        PruneChannels().apply(Program(ir="model.onnx", example_inputs=(torch.randn(1, 3, 8, 8),),
+                                      input_names=("input",)))
+
+

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .labels import channel_label, untracked
-from .handlers import Handler, Opaque, register_handler
+from .handlers import Handler, Opaque, register_builtin
 
 __all__ = ["SlimMultiheadAttention", "AttentionHandler"]
 
@@ -139,5 +139,5 @@ class AttentionHandler(Handler):
         return slim.train(module.training)
 
 
-register_handler(nn.MultiheadAttention, AttentionHandler())
-register_handler(SlimMultiheadAttention, AttentionHandler())
+register_builtin(nn.MultiheadAttention, AttentionHandler())
+register_builtin(SlimMultiheadAttention, AttentionHandler())

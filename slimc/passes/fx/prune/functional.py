@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .graph import NodeContext
 from .labels import SizeLabel, channel_label, compact, rows, untracked
-from .handlers import Channelwise, Handler, Opaque, Pointwise, register_handler
+from .handlers import Channelwise, Handler, Opaque, Pointwise, register_builtin
 
 __all__ = ["LabelOp", "Reshape", "GetItem", "Split", "Cat", "Reduce", "FunctionalLayerNorm"]
 
@@ -295,37 +295,37 @@ def _register() -> None:
     except ImportError:  # pragma: no cover - torchvision is optional here
         pass
     for fn in functions:
-        register_handler(fn, pointwise)
+        register_builtin(fn, pointwise)
     for name in ("add", "sub", "mul", "div", "neg", "pow", "exp", "sqrt", "rsqrt", "abs", "sigmoid", "tanh",
                  "relu", "clamp", "clamp_min", "clamp_max", "float", "half", "to", "type_as", "contiguous", "clone",
                  "detach", "softmax", "add_", "mul_", "sub_", "div_", "relu_", "sigmoid_", "hardtanh_", "erf",
                  "masked_fill", "__add__", "__mul__"):
-        register_handler(name, pointwise)
+        register_builtin(name, pointwise)
     label_op = LabelOp()
     for fn in (torch.flatten, torch.permute, torch.transpose, torch.swapaxes, torch.movedim, torch.unsqueeze,
                torch.squeeze, torch.stack, torch.roll, torch.flip, torch.t, F.pixel_shuffle, F.pixel_unshuffle):
-        register_handler(fn, label_op)
+        register_builtin(fn, label_op)
     for name in ("permute", "transpose", "unsqueeze", "squeeze", "flatten", "t", "movedim", "expand_as",
                  "view_as", "reshape_as", "roll", "flip", "swapaxes"):
-        register_handler(name, label_op)
+        register_builtin(name, label_op)
     reshape = Reshape()
     for key in (torch.reshape, "view", "reshape", "expand"):
-        register_handler(key, reshape)
-    register_handler(operator.getitem, GetItem())
+        register_builtin(key, reshape)
+    register_builtin(operator.getitem, GetItem())
     split = Split()
     for key in (torch.split, torch.chunk, "split", "chunk"):
-        register_handler(key, split)
-    register_handler(torch.cat, Cat())
-    register_handler(torch.concat, Cat())
+        register_builtin(key, split)
+    register_builtin(torch.cat, Cat())
+    register_builtin(torch.concat, Cat())
     reduce = Reduce()
     for key in (torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin"):
-        register_handler(key, reduce)
-    register_handler(F.layer_norm, FunctionalLayerNorm())
+        register_builtin(key, reduce)
+    register_builtin(F.layer_norm, FunctionalLayerNorm())
     spatial = Channelwise(1)
     for fn in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.avg_pool1d, F.avg_pool2d,
                F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.interpolate, F.upsample):
-        register_handler(fn, spatial)
-    register_handler(F.pad, _SpatialPad())
+        register_builtin(fn, spatial)
+    register_builtin(F.pad, _SpatialPad())
 
 
 class _SpatialPad(Handler):

@@ -104,6 +104,7 @@ class NodeContext:
     kwarg_labels: dict
     tracker: Tracker
     qualname: str | None = None  # set when a handler runs another on a submodule (encoder layers)
+    walk: Any = None  # on an exported ATen graph: parameter FQNs, owning modules, concrete values
 
     @property
     def name(self) -> str:
@@ -126,11 +127,21 @@ class NodeContext:
         return _mirror(self.out)
 
     def describe(self) -> str:
+        if self.walk is not None:
+            from .aten_graph import module_of
+
+            where = module_of(self.node)
+            return f"node '{self.node.name}' ({_target_name(self.node.target)}) in '{where or '<root>'}'"
         if self.node.op == "call_module":
             return f"node '{self.node.name}' (module {type(self.module).__name__})"
         target = self.node.target if isinstance(self.node.target, str) else getattr(
             self.node.target, "__name__", str(self.node.target))
         return f"node '{self.node.name}' ({self.node.op} {target})"
+
+
+def _target_name(target) -> str:
+    return str(target) if not hasattr(target, "__name__") else (
+        str(target) if type(target).__module__.startswith("torch._ops") else target.__name__)
 
 
 # Exact classes only: a subclass may change shapes.
@@ -187,7 +198,7 @@ class _LabelInterpreter(_ShapeInterpreter):
             return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.module.get_submodule(n.target) if n.op == "call_module" else None
-        ctx = NodeContext(n, module, args, kwargs, out, arg_labels, kwarg_labels, t)
+        ctx = NodeContext(n, module, args, kwargs, out, arg_labels, kwarg_labels, t, walk=getattr(self, "walk", None))
         if not _has_tensor(out) and n.op != "call_module":
             return _size_label(n, args, arg_labels)  # sizes, shapes, asserts: no data flows on
         handler = self.lookup(n, module)
@@ -333,6 +344,10 @@ def _groups(tracker: Tracker, class_of: torch.Tensor, a, b) -> list[ChannelGroup
         width = tracker.widths.get((module, slot), max(1, cls.numel() // max(1, classes.numel())))
         pinned = pinned_class[classes]
         reasons = tuple(group_reasons.get(g, ())) if bool(pinned.any()) else ()
+        taken = {x.name for x in groups}
+        base, n = name, 2
+        while name in taken:  # names key the removals: they must be unique
+            name, n = f"{base}#{n}", n + 1
         groups.append(ChannelGroup(name, int(classes.numel()), width, tuple(members.get(g, ())),
                                    int(pinned.sum()), reasons, classes, pinned))
     return groups

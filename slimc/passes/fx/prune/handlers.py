@@ -28,11 +28,11 @@ from .graph import NodeContext
 from .labels import channel_label, compact, rows
 
 __all__ = ["Handler", "register_handler", "lookup_handler", "handler_for", "Pointwise", "Channelwise", "Opaque",
-           "ApplyToLabels", "param_slice"]
+           "ApplyToLabels", "param_slice", "register_builtin", "registered", "user_module_handler"]
 
-_MODULES: dict[type, "Handler"] = {}
-_FUNCTIONS: dict[Any, "Handler"] = {}
-_METHODS: dict[str, "Handler"] = {}
+# Two layers: the built-in table (loaded lazily) and the user's registrations, which win.
+_BUILTIN: dict[str, dict] = {"modules": {}, "functions": {}, "methods": {}}
+_USER: dict[str, dict] = {"modules": {}, "functions": {}, "methods": {}}
 
 
 class Handler:
@@ -55,15 +55,31 @@ class Handler:
 
 
 def register_handler(key, handler: Handler) -> None:
-    """Register `handler` for a module class, a function (torch.cat, operator.add) or a method name ("view")."""
+    """Register `handler` for a module class, a function (torch.cat, operator.add, an ATen op such as
+    torch.ops.aten.conv2d) or a method name ("view"). User registrations always take precedence over
+    slimc's built-in handlers, whenever these load."""
+    _register(_USER, key, handler)
+
+
+def register_builtin(key, handler: Handler) -> None:
+    """How slimc's own handler modules register (below every user registration)."""
+    _register(_BUILTIN, key, handler)
+
+
+def _register(table: dict, key, handler: Handler) -> None:
     if isinstance(key, type) and issubclass(key, nn.Module):
-        _MODULES[key] = handler
+        table["modules"][key] = handler
     elif isinstance(key, str):
-        _METHODS[key] = handler
+        table["methods"][key] = handler
     elif callable(key):
-        _FUNCTIONS[key] = handler
+        table["functions"][key] = handler
     else:
         raise TypeError(f"cannot register a prune handler for {key!r}")
+
+
+def _get(kind: str, key):
+    found = _USER[kind].get(key)
+    return found if found is not None else _BUILTIN[kind].get(key)
 
 
 def lookup_handler(node, module) -> Handler | None:
@@ -71,9 +87,22 @@ def lookup_handler(node, module) -> Handler | None:
     if node.op == "call_module":
         return handler_for(module)
     if node.op == "call_function":
-        return _FUNCTIONS.get(node.target)
+        found = _get("functions", node.target)
+        if found is None and hasattr(node.target, "overloadpacket"):  # aten.conv2d.default -> aten.conv2d
+            found = _get("functions", node.target.overloadpacket)
+        return found
     if node.op == "call_method":
-        return _METHODS.get(node.target)
+        return _get("methods", node.target)
+    return None
+
+
+def user_module_handler(module: nn.Module) -> Handler | None:
+    """The handler a user registered for this layer's class (or a base class), else None. On an
+    exported graph such a module's subgraph is treated as one call of that handler."""
+    for cls in type(module).__mro__:
+        found = _USER["modules"].get(cls)
+        if found is not None:
+            return found
     return None
 
 
@@ -81,8 +110,9 @@ def handler_for(module: nn.Module) -> Handler | None:
     """The handler of a layer (by class, most specific first), or None."""
     _load_builtin()
     for cls in type(module).__mro__:
-        if cls in _MODULES:
-            return _MODULES[cls]
+        found = _get("modules", cls)
+        if found is not None:
+            return found
     return None
 
 
@@ -93,7 +123,7 @@ def _load_builtin() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import attention, functional, layers, transformer  # noqa: F401  (importing registers handlers)
+        from . import aten_ops, attention, functional, layers, transformer  # noqa: F401  (importing registers)
         from .onnx2torch_ops import register_onnx2torch_handlers
 
         register_onnx2torch_handlers()
@@ -130,11 +160,20 @@ class Pointwise(Handler):
         for other in tracked[1:]:
             ctx.tracker.union(first, other, f"{ctx.describe()} combines it elementwise with other channels")
         for val in untracked_args:
-            # An untracked operand of size 1 along the channel axes does not care about channels.
+            # An untracked operand of size 1 along the channel axes does not care about channels; nor
+            # does one spread along an axis whose positions all leave together (rotary tables along
+            # head_dim, whose positions go with their head).
             spread = [d for d in range(first.dim()) if first.stride(d) != 0 and first.shape[d] > 1]
             off = first.dim() - val.dim()
-            if any(d - off >= 0 and val.shape[d - off] > 1 for d in spread):
-                ctx.tracker.pin(first, f"{ctx.describe()} combines it with a tensor whose channels are not followed")
+            axes = [d for d in spread if d - off >= 0 and val.shape[d - off] > 1]
+            if axes:
+                tracker, label, why = ctx.tracker, first, (
+                    f"{ctx.describe()} combines it with a tensor whose channels are not followed")
+
+                def check(analysis, axes=axes, label=label, why=why, tracker=tracker):
+                    if any(analysis.varies(label, d) for d in axes):
+                        tracker.pin(label, why)
+                ctx.tracker.constraints.append(check)
         return first
 
 
@@ -187,7 +226,7 @@ class ApplyToLabels(Handler):
 
 
 def registered(kind: str) -> dict:
-    """The table itself (read-only use): 'modules', 'functions' or 'methods'."""
+    """The merged table (read-only use): 'modules', 'functions' or 'methods'."""
     _load_builtin()
-    return {"modules": _MODULES, "functions": _FUNCTIONS, "methods": _METHODS}[kind]
+    return {**_BUILTIN[kind], **_USER[kind]}
 

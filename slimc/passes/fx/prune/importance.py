@@ -30,21 +30,40 @@ def _unit_index(analysis: ChannelAnalysis):
     return group, unit
 
 
-def _slot_modules(analysis: ChannelAnalysis):
+def _slots(analysis: ChannelAnalysis):
+    """(atoms, [(tensor, axis)], per-channel scale or None) for every slot of the analysis."""
+    walk = getattr(analysis, "walk", None)
+    if walk is not None:  # exported graph: slots are parameter axes of the user's module
+        from .module_cut import _tensor
+
+        for (fqn, axis), atoms in analysis.tracker.slots.items():
+            if isinstance(axis, str):  # a slot named by a user's module handler
+                mod = analysis.module.get_submodule(fqn) if fqn else analysis.module
+                handler = handler_for(mod)
+                yield atoms, handler.weights(mod, axis), handler.scale(mod, axis)
+                continue
+            if fqn.endswith(("#in", "#all")):
+                continue
+            tensor = _tensor(analysis.module, fqn)
+            if not tensor.is_floating_point():
+                continue
+            scale = tensor.detach().abs() if (fqn, axis) in walk.scales else None
+            yield atoms, [(tensor, axis)], scale
+        return
     gm, lookup = analysis.gm, {}
     for (module, slot), atoms in analysis.tracker.slots.items():
         mod = gm.get_submodule(module)
         handler = lookup[module] if module in lookup else handler_for(mod)
         lookup[module] = handler
-        yield module, slot, atoms, mod, handler
+        yield atoms, (handler.weights(mod, slot) if handler else []), (handler.scale(mod, slot) if handler else None)
 
 
 def _accumulate(analysis, per_slot) -> list[torch.Tensor]:
     group, unit = _unit_index(analysis)
     scores = [torch.zeros(g.size, dtype=torch.float64) for g in analysis.groups]
     found = [False] * len(analysis.groups)
-    for module, slot, atoms, mod, handler in _slot_modules(analysis):
-        values = per_slot(mod, slot, handler, atoms.numel())
+    for atoms, weights, scale in _slots(analysis):
+        values = per_slot(weights, scale, atoms.numel())
         if values is None:
             continue
         cls = analysis.classes(atoms)
@@ -77,9 +96,9 @@ def _magnitude(power: float):
             return r.sum(1 - dim)
         return r
 
-    def per_slot(mod, slot, handler, n):
+    def per_slot(weights, scale, n):
         total = torch.zeros(n, dtype=torch.float64)
-        for tensor, dim in handler.weights(mod, slot) if handler else []:
+        for tensor, dim in weights:
             if tensor is None or tensor.shape[dim] != n:
                 continue
             total += per_axis(tensor, dim % tensor.dim()).double()
@@ -87,9 +106,8 @@ def _magnitude(power: float):
     return per_slot
 
 
-def _bn_scale(mod, slot, handler, n):
-    s = handler.scale(mod, slot) if handler else None
-    return s.double() if s is not None and s.numel() == n else None
+def _bn_scale(weights, scale, n):
+    return scale.double() if scale is not None and scale.numel() == n else None
 
 
 def unit_scores(analysis: ChannelAnalysis, criterion: str, example_inputs=(), seed: int = 0):
@@ -113,7 +131,7 @@ def unit_scores(analysis: ChannelAnalysis, criterion: str, example_inputs=(), se
 
 def _taylor(analysis, example_inputs, seed, notes):
     """First-order Taylor |w * dL/dw| with L = the norm of the model's own outputs on random inputs."""
-    gm = analysis.gm
+    gm = analysis.module if getattr(analysis, "walk", None) is not None else analysis.gm
     gen = torch.Generator().manual_seed(seed)
     calib = tuple(torch.randn(x.shape, generator=gen, dtype=x.dtype) if x.is_floating_point() else x
                   for x in example_inputs)
@@ -122,7 +140,9 @@ def _taylor(analysis, example_inputs, seed, notes):
     params = [p for p in gm.parameters() if p.is_floating_point()]
     with torch.enable_grad():
         outs = gm(*calib)
-        flat = [o for o in (outs if isinstance(outs, (tuple, list)) else [outs]) if isinstance(o, torch.Tensor)]
+        from torch.utils._pytree import tree_leaves
+
+        flat = [o for o in tree_leaves(outs) if isinstance(o, torch.Tensor) and o.is_floating_point()]
         loss = sum(o.float().norm() for o in flat)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     saved = [p.data for p in params]

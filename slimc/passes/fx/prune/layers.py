@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .handlers import ApplyToLabels, Channelwise, Handler, Opaque, Pointwise, register_handler
+from .handlers import ApplyToLabels, Channelwise, Handler, Opaque, Pointwise, register_builtin
 from .handlers import param_slice as _param
 from .labels import channel_label, rows
 
@@ -214,32 +214,32 @@ class ChannelShuffleHandler(Handler):
 def _register_modules() -> None:
     conv = ConvHandler()
     for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        register_handler(cls, conv)
+        register_builtin(cls, conv)
     for cls in (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
-        register_handler(cls, ConvTransposeHandler())
-    register_handler(nn.Linear, LinearHandler())
+        register_builtin(cls, ConvTransposeHandler())
+    register_builtin(nn.Linear, LinearHandler())
     norm = NormHandler()
     for cls in (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm):
-        register_handler(cls, norm)
-    register_handler(nn.LayerNorm, LayerNormHandler())
-    register_handler(nn.GroupNorm, GroupNormHandler())
-    register_handler(nn.PReLU, PReLUHandler())
-    register_handler(nn.Embedding, EmbeddingHandler())
-    register_handler(nn.ChannelShuffle, ChannelShuffleHandler())
+        register_builtin(cls, norm)
+    register_builtin(nn.LayerNorm, LayerNormHandler())
+    register_builtin(nn.GroupNorm, GroupNormHandler())
+    register_builtin(nn.PReLU, PReLUHandler())
+    register_builtin(nn.Embedding, EmbeddingHandler())
+    register_builtin(nn.ChannelShuffle, ChannelShuffleHandler())
     pointwise = Pointwise()
     for cls in (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
                 nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh, nn.Identity,
                 nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softmax,
                 nn.LogSoftmax, nn.Softsign, nn.Tanhshrink, nn.Threshold):
-        register_handler(cls, pointwise)
+        register_builtin(cls, pointwise)
     spatial = Channelwise(1)
     for cls in (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
                 nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
                 nn.Upsample, nn.modules.padding._ReflectionPadNd, nn.modules.padding._ReplicationPadNd,
                 nn.modules.padding._ConstantPadNd, nn.LocalResponseNorm):
-        register_handler(cls, spatial)
+        register_builtin(cls, spatial)
     for cls in (nn.Flatten, nn.Unflatten):
-        register_handler(cls, ApplyToLabels())
+        register_builtin(cls, ApplyToLabels())
 
 
 _register_modules()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from .functional import Cat
-from .handlers import ApplyToLabels, Channelwise, Handler, Pointwise, register_handler
+from .handlers import ApplyToLabels, Channelwise, Handler, Pointwise, register_builtin
 
 __all__ = ["register_onnx2torch_handlers"]
 
@@ -43,9 +43,9 @@ def register_onnx2torch_handlers() -> bool:
         from onnx2torch.node_converters.transpose import OnnxTranspose
     except ImportError:
         return False
-    register_handler(OnnxConcat, _Concat())
-    register_handler(OnnxSum, Pointwise())
-    register_handler(OnnxBinaryMathOperation, _BinaryMath())
-    register_handler(OnnxGlobalAveragePoolWithKnownInputShape, Channelwise(1))
-    register_handler(OnnxTranspose, ApplyToLabels())
+    register_builtin(OnnxConcat, _Concat())
+    register_builtin(OnnxSum, Pointwise())
+    register_builtin(OnnxBinaryMathOperation, _BinaryMath())
+    register_builtin(OnnxGlobalAveragePoolWithKnownInputShape, Channelwise(1))
+    register_builtin(OnnxTranspose, ApplyToLabels())
     return True

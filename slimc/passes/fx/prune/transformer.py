@@ -13,7 +13,7 @@ import dataclasses
 import torch.nn as nn
 
 from .attention import AttentionHandler
-from .handlers import Handler, Opaque, register_handler
+from .handlers import Handler, Opaque, register_builtin
 from .labels import channel_label
 from .layers import LayerNormHandler, LinearHandler
 
@@ -73,5 +73,5 @@ class EncoderHandler(Handler):
         return label
 
 
-register_handler(nn.TransformerEncoderLayer, EncoderLayerHandler())
-register_handler(nn.TransformerEncoder, EncoderHandler())
+register_builtin(nn.TransformerEncoderLayer, EncoderLayerHandler())
+register_builtin(nn.TransformerEncoder, EncoderHandler())

@@ -1,0 +1,651 @@
+"""Handlers keyed by ATen op: the closed core-ATen set a `torch.export` graph is made of.
+
+Layer ops (convolution, linear/addmm, norms, embedding) read their weights from parameter
+placeholders: their slots are parameter axes, ("layer1.0.conv1.weight", 0). Contractions
+between activations (matmul, bmm, einsum, scaled_dot_product_attention) tie the contracted
+positions of both operands, so attention heads follow q, k and v (with grouped-query
+attention, a key/value head follows its group of query heads). Data movement runs on the
+labels (labels.py); elementwise ops are `Pointwise`. Reshapes whose sizes change with the
+cut are recorded in `tracker.literals`, which module_cut.py uses to update module attributes
+such as `num_heads` and `split_size`.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+
+from .functional import Cat, _as_labels
+from .handlers import Channelwise, Handler, Opaque, Pointwise, register_builtin
+from .labels import channel_label, compact, rows, untracked
+
+__all__ = ["AtenLayer", "AtenNorm", "AtenLayerNorm", "AtenEmbedding", "AtenContraction", "AtenSDPA",
+           "AtenReshape", "AtenSplit", "AtenIndex", "AtenReduce", "AtenLabelOp"]
+
+aten = torch.ops.aten
+
+
+def _arg(ctx, i, name=None, default=None):
+    if i < len(ctx.node.args):
+        return ctx.node.args[i]
+    return ctx.node.kwargs.get(name, default) if name else default
+
+
+def _val(ctx, i, name=None, default=None):
+    if i < len(ctx.args):
+        return ctx.args[i]
+    return ctx.kwargs.get(name, default) if name else default
+
+
+def _lab(ctx, i):
+    lab = ctx.arg_labels[i] if i < len(ctx.arg_labels) else None
+    val = ctx.args[i] if i < len(ctx.args) else None
+    if isinstance(lab, torch.Tensor):
+        return lab
+    return untracked(val.shape) if isinstance(val, torch.Tensor) else None
+
+
+def _owner(fqn: str) -> str:
+    return fqn.rpartition(".")[0]
+
+
+def _group_name(ctx, fqn: str) -> str:
+    """Groups are named after the module that ran the layer op (a tied weight has one FQN for two)."""
+    from .aten_graph import module_of
+
+    return module_of(ctx.node) or _owner(fqn)
+
+
+def _macs(ctx, n: int) -> None:
+    ctx.walk.macs[ctx.node.name] = ctx.walk.macs.get(ctx.node.name, 0) + int(n)
+
+
+# ---- layer ops --------------------------------------------------------------------------
+
+class AtenLayer(Handler):
+    """conv / conv_transpose / convolution / linear / addmm / mm-with-a-weight.
+
+    `spec(ctx)` gives (input position, input axis, weight position, weight out axis, weight in
+    axis, bias position, groups, output axis)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def spec(self, ctx):
+        name = self.kind
+        if name == "linear":
+            return 0, -1, 1, 0, 1, 2, 1, -1
+        if name == "addmm":
+            return 1, -1, 2, 1, 0, 0, 1, -1
+        if name == "mm":
+            return 0, -1, 1, 1, 0, None, 1, -1
+        if name == "convolution":
+            transposed = bool(_val(ctx, 6, "transposed", False))
+            groups = _val(ctx, 8, "groups", 1)
+            return 0, 1, 1, (1 if transposed else 0), (0 if transposed else 1), 2, groups, 1
+        if name.startswith("conv_transpose"):
+            return 0, 1, 1, 1, 0, 2, _val(ctx, 6, "groups", 1), 1
+        return 0, 1, 1, 0, 1, 2, _val(ctx, 6, "groups", 1), 1
+
+    def propagate(self, ctx):
+        t, walk = ctx.tracker, ctx.walk
+        xi, xdim, wi, w_out, w_in, bi, groups, odim = self.spec(ctx)
+        w_node, w_val = _arg(ctx, wi), _val(ctx, wi)
+        fqn = walk.param(w_node)
+        computed = fqn is None
+        if computed:
+            fqn = walk.root_param(w_node)
+        if fqn is None or not isinstance(w_val, torch.Tensor) or w_val.dim() < 2:
+            if self.kind == "mm":  # two activations: a plain contraction
+                return AtenContraction("mm").propagate(ctx)
+            return Opaque("its weight is not a parameter slimc can follow").propagate(ctx)
+        out_val = ctx.out
+        x_lab = _lab(ctx, xi)
+        n_out = w_val.shape[w_out] * (groups if w_out == 1 and self.kind != "addmm" and self.kind != "mm"
+                                      and groups > 1 else 1)
+        why = f"{ctx.describe()} reads its input channels"
+        # A grouped conv with few wide groups (ResNeSt's radix, small group counts) is cut inside its groups,
+        # every group alike; one with many narrow groups (depthwise, ResNeXt) loses whole groups.
+        within = 1 < groups < n_out // groups
+        in_key = (fqn, w_in) if groups == 1 or within else (fqn + "#in", 0)
+        rep = t.slot(in_key[0] + ("#all" if within else ""), in_key[1], x_lab, xdim, why)
+        out = t.fresh(n_out)
+        if groups > 1:
+            blocks_in, blocks_out = rep.view(groups, -1), out.view(groups, -1)
+            if within:
+                gwhy = f"grouped conv {ctx.describe()} keeps every group the same width"
+                t.union(blocks_out, blocks_out[:1].expand_as(blocks_out), gwhy)
+                t.union(blocks_in, blocks_in[:1].expand_as(blocks_in), gwhy)
+                t.slot(fqn, w_in, blocks_in[0], 0, why)
+            else:
+                gwhy = f"grouped conv {ctx.describe()} ties input and output channels of each group"
+                t.union(blocks_out, blocks_out[:, :1], gwhy)
+                t.union(blocks_in, blocks_out[:, :1], gwhy)
+        if computed:
+            w_lab = ctx.arg_labels[wi] if wi < len(ctx.arg_labels) else None
+            if isinstance(w_lab, torch.Tensor):
+                t.union(channel_label(out, w_lab.shape, w_out), w_lab, f"{ctx.describe()} computes its weight")
+            t.slot(fqn, w_out, channel_label(out, w_val.shape, w_out), w_out, why)
+            if (fqn, w_out) not in [(m, s) for _, m, s in t.producers]:
+                t.producers.append((_group_name(ctx, fqn), fqn, w_out))
+        else:
+            t.produce(fqn, w_out, out, name=_group_name(ctx, fqn))
+        b_node = _arg(ctx, bi) if bi is not None else None
+        b_fqn = walk.param(b_node)
+        if b_fqn is not None:
+            t.slot(b_fqn, 0, out, 0, f"{ctx.describe()} adds a bias per output channel")
+        elif isinstance(b_node, torch.fx.Node):
+            b_lab = _lab(ctx, bi)
+            t.union(channel_label(out, out_val.shape, odim), torch.broadcast_to(b_lab, out_val.shape),
+                    f"{ctx.describe()} adds a bias per output channel")
+        kernel = math.prod(w_val.shape[2:]) if w_val.dim() > 2 else 1
+        per_out = (w_val.shape[w_in] if groups == 1 else w_val.shape[1]) * kernel
+        _macs(ctx, out_val.numel() * per_out)
+        walk.layer_slots[ctx.node.name] = [(fqn, w_out), in_key]
+        return channel_label(out, out_val.shape, odim)
+
+
+class AtenNorm(Handler):
+    """batch_norm / instance_norm / _native_batch_norm_legit*: per-channel parameters and statistics on axis 1."""
+
+    def propagate(self, ctx):
+        t, walk = ctx.tracker, ctx.walk
+        lab = _lab(ctx, 0)
+        why = f"{ctx.describe()} normalises per channel"
+        r = rows(lab, 1)
+        rep = r.amax(1)
+        t.union(rep[:, None].expand_as(r), r, why)
+        for i in (1, 2, 3, 4):
+            node = _arg(ctx, i)
+            fqn = walk.param(node)
+            if fqn is not None:
+                t.slot(fqn, 0, rep, 0, why)
+                if i == 1:
+                    walk.scales.add((fqn, 0))
+            elif isinstance(node, torch.fx.Node) and isinstance(_lab(ctx, i), torch.Tensor):
+                t.union(rep, _lab(ctx, i), why)
+        main = channel_label(rep, lab.shape, 1)
+        if isinstance(ctx.out, (tuple, list)):
+            return (main,) + tuple(untracked(o.shape) if isinstance(o, torch.Tensor) else None for o in ctx.out[1:])
+        return main
+
+
+class AtenLayerNorm(Handler):
+    """layer_norm over the last axis (normalized_shape of length 1); group_norm over whole groups."""
+
+    def __init__(self, group: bool = False):
+        self.group = group
+
+    def propagate(self, ctx):
+        t, walk = ctx.tracker, ctx.walk
+        lab = _lab(ctx, 0)
+        if self.group:
+            dim, groups = 1, _val(ctx, 1)
+        else:
+            shape = _val(ctx, 1)
+            if len(shape) != 1:
+                return Opaque("layer_norm over several axes is not pruned").propagate(ctx)
+            dim, groups = -1, None
+        why = f"{ctx.describe()} normalises over features"
+        r = rows(lab, dim)
+        rep = r.amax(1)
+        t.union(rep[:, None].expand_as(r), r, why)
+        if groups:
+            blocks = rep.view(groups, -1)
+            t.union(blocks, blocks[:, :1], f"{ctx.describe()} normalises whole groups")
+        for i in (2, 3):
+            node = _arg(ctx, i)
+            fqn = walk.param(node)
+            if fqn is not None:
+                t.slot(fqn, 0, rep, 0, why)
+            elif isinstance(node, torch.fx.Node) and isinstance(_lab(ctx, i), torch.Tensor):
+                t.union(rep, _lab(ctx, i), why)
+        main = channel_label(rep, lab.shape, dim)
+        if isinstance(ctx.out, (tuple, list)):
+            return (main,) + tuple(untracked(o.shape) if isinstance(o, torch.Tensor) else None for o in ctx.out[1:])
+        return main
+
+
+class AtenEmbedding(Handler):
+    """embedding(weight, indices): `embedding_dim` channels on the last axis."""
+
+    def propagate(self, ctx):
+        t = ctx.tracker
+        fqn = ctx.walk.param(_arg(ctx, 0))
+        if fqn is None:
+            return Opaque("its table is not a parameter").propagate(ctx)
+        out = t.fresh(_val(ctx, 0).shape[1])
+        t.produce(fqn, 1, out, name=_group_name(ctx, fqn))
+        return channel_label(out, ctx.out.shape, -1)
+
+
+# ---- contractions -------------------------------------------------------------------------
+
+def _project(label: torch.Tensor, letters: str, want: str, tracker, why: str) -> torch.Tensor:
+    """`label` (axes named by `letters`) seen along the letters of `want`: axes not in `want` are summed
+    over, so their positions are tied and index 0 stands for all; missing letters are size 1."""
+    for i, ch in enumerate(letters):
+        if ch not in want:
+            c = compact(label)
+            if c.shape[i] > 1:
+                tracker.union(c, c.narrow(i, 0, 1), why)
+    index = tuple(slice(None) if ch in want else slice(0, 1) for ch in letters)
+    lab = label[index]
+    kept = [ch for ch in letters if ch in want]
+    lab = lab.reshape([s for ch, s in zip(letters, lab.shape) if ch in want]) if kept else lab.reshape(())
+    perm = sorted(range(len(kept)), key=lambda i: want.index(kept[i]))
+    lab = lab.permute(perm) if kept else lab
+    shape = [lab.shape[sorted(kept, key=want.index).index(ch)] if ch in kept else 1 for ch in want]
+    return lab.reshape(shape)
+
+
+def einsum_labels(equation: str, labels, out_shape, tracker, why: str) -> torch.Tensor:
+    """Labels through an einsum: shared letters are tied position by position; the output is the
+    union of every operand's projection onto the output letters."""
+    ins, out = equation.replace(" ", "").split("->")
+    ins = ins.split(",")
+    for a in range(len(ins)):
+        for b in range(a + 1, len(ins)):
+            common = "".join(ch for ch in ins[a] if ch in ins[b])
+            if common:
+                pa = _project(labels[a], ins[a], common, tracker, why)
+                pb = _project(labels[b], ins[b], common, tracker, why)
+                tracker.union(pa, pb, why)
+    projected = [torch.broadcast_to(_project(lab, spec, out, tracker, why), out_shape) for lab, spec in zip(labels, ins)]
+    tracked = [p for p in projected if bool((compact(p) >= 0).any())]
+    if not tracked:
+        return untracked(out_shape)
+    tracked.sort(key=lambda p: compact(p).numel())
+    for other in tracked[1:]:
+        tracker.union(tracked[0], other, why)
+    return tracked[-1]
+
+
+def _matmul_equation(a_dim: int, b_dim: int) -> str:
+    letters = iter(string.ascii_lowercase[3:])
+    batch = max(a_dim, b_dim) - 2
+    bl = "".join(next(letters) for _ in range(max(batch, 0)))
+    a = (bl[len(bl) - (a_dim - 2):] if a_dim > 2 else "") + ("mk" if a_dim >= 2 else "k")
+    b = (bl[len(bl) - (b_dim - 2):] if b_dim > 2 else "") + ("kn" if b_dim >= 2 else "k")
+    o = bl + ("m" if a_dim >= 2 else "") + ("n" if b_dim >= 2 else "")
+    return f"{a},{b}->{o}"
+
+
+class AtenContraction(Handler):
+    """matmul / bmm / mm between activations, and einsum."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def propagate(self, ctx):
+        if self.kind == "einsum":
+            eq, ops = _val(ctx, 0), list(_val(ctx, 1))
+            labels = _as_labels(ops, list(ctx.arg_labels[1]) if ctx.arg_labels[1] else None)
+            if "..." in eq or any(len(s) != o.dim() for s, o in zip(eq.split("->")[0].split(","), ops)):
+                eq = _expand_ellipsis(eq, ops)
+        else:
+            a, b = _val(ctx, 0), _val(ctx, 1)
+            if self.kind in ("matmul", "mm") and ctx.walk.param(_arg(ctx, 1)) is not None and b.dim() == 2:
+                return AtenLayer("mm").propagate(ctx)
+            eq = _matmul_equation(a.dim(), b.dim())
+            labels = [_lab(ctx, 0), _lab(ctx, 1)]
+        why = f"{ctx.describe()} contracts them together"
+        ins = eq.split("->")[0].split(",")
+        k = math.prod(o.shape[i] for s, o in zip(ins, ctx.args[1] if self.kind == "einsum" else ctx.args[:2])
+                      for i, ch in enumerate(s) if ch not in eq.split("->")[1] and s is ins[0])
+        _macs(ctx, ctx.out.numel() * max(k, 1))
+        return einsum_labels(eq, labels, ctx.out.shape, ctx.tracker, why)
+
+
+def _expand_ellipsis(eq: str, ops) -> str:
+    ins, out = eq.replace(" ", "").split("->")
+    used = set(eq) - set(",->.")
+    free = [c for c in string.ascii_letters if c not in used]
+    nell = max(o.dim() - len(s.replace("...", "")) for s, o in zip(ins.split(","), ops))
+    ell = "".join(free[:nell])
+    new_ins = [s.replace("...", ell[nell - (o.dim() - len(s.replace("...", ""))):]) for s, o in zip(ins.split(","), ops)]
+    return ",".join(new_ins) + "->" + out.replace("...", ell)
+
+
+class AtenSDPA(Handler):
+    """scaled_dot_product_attention(q, k, v, mask, dropout, is_causal, scale, enable_gqa)."""
+
+    def propagate(self, ctx):
+        q, k, v = (_val(ctx, i) for i in range(3))
+        lq, lk, lv = (_lab(ctx, i) for i in range(3))
+        t = ctx.tracker
+        why = f"{ctx.describe()} attends with these heads"
+        hq, hk = q.shape[-3] if q.dim() >= 3 else 1, k.shape[-3] if k.dim() >= 3 else 1
+        qa, ka, va = lq.select(-2, 0), lk.select(-2, 0), lv.select(-2, 0)
+        if hk != hq and q.dim() >= 3:
+            ka = compact(ka).expand(ka.shape).repeat_interleave(hq // hk, dim=-2)
+            va = compact(va).expand(va.shape).repeat_interleave(hq // hk, dim=-2)
+        t.union(qa, ka, why)
+        t.union(qa[..., :1], va[..., :1], why)
+        mask = _val(ctx, 3, "attn_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] > 1 and q.dim() >= 3:
+            label, desc = lq, ctx.describe()
+
+            def check(analysis):
+                if analysis.varies(label, -3):
+                    t.pin(label, f"{desc} adds a mask per head")
+            t.constraints.append(check)
+        s = k.shape[-2]
+        _macs(ctx, 2 * q.numel() * s)
+        return va.unsqueeze(-2).expand(ctx.out.shape)
+
+
+# ---- data movement ------------------------------------------------------------------------
+
+def _record_literals(ctx, out_label, sizes, axes):
+    """After the cut, sizes that shrank (old -> new) are noted per module for attribute updates."""
+    from .aten_graph import module_of
+
+    node_module = module_of(ctx.node)
+    literals = ctx.walk.literals
+
+    def record(cut):
+        for d, old in zip(axes, sizes):
+            if isinstance(old, int) and old > 1:
+                new = int(cut.kept(out_label, d).sum())
+                if new != old:
+                    literals.append((node_module, old, new))
+    ctx.tracker.rewrites.append(record)
+
+
+def _moving(label: torch.Tensor) -> list[int]:
+    c = compact(label)
+    return [d for d in range(c.dim()) if c.shape[d] > 1 and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
+
+
+def _split_axes(in_shape, out_shape) -> list[tuple[int, list[int]]]:
+    """(input axis, output axes) for every input axis a reshape splits into several."""
+    groups, i, j = [], 0, 0
+    try:
+        while i < len(in_shape) and j < len(out_shape):
+            a, b, ins, outs = in_shape[i], out_shape[j], [i], [j]
+            while a != b:
+                if a < b:
+                    i += 1
+                    a *= in_shape[i]
+                    ins.append(i)
+                else:
+                    j += 1
+                    b *= out_shape[j]
+                    outs.append(j)
+            if len(ins) == 1 and len(outs) > 1:
+                groups.append((ins[0], outs))
+            i, j = i + 1, j + 1
+    except IndexError:
+        return []
+    return groups
+
+
+def _tie_split_axes(ctx, lab, out):
+    """A reshape that spreads one axis's channels over several axes (heads x head_dim, groups x
+    width): a cut must stay a product, so every moving axis but one is tied. Splitting the feature
+    (last) axis frees heads from (heads, head_dim) and (3, heads, head_dim); splitting any other axis
+    (channel shuffle's (groups, width)) frees the longest."""
+    moving = set(_moving(out))
+    c = compact(out)
+    for axis, outs in _split_axes(tuple(lab.shape), tuple(out.shape)):
+        spread = [d for d in outs if d in moving]
+        if len(spread) < 2:
+            continue
+        if axis == lab.dim() - 1:
+            keep_dim = spread[1] if len(spread) >= 3 else spread[0]
+        else:
+            keep_dim = max(spread, key=lambda d: (c.shape[d], d))
+        for d in spread:
+            if d != keep_dim:
+                ctx.tracker.union(c, c.narrow(d, 0, 1), f"{ctx.describe()} splits channels over two axes")
+
+
+class AtenReshape(Handler):
+    """view / reshape / _unsafe_view / expand: labels follow; shrinking sizes are recorded."""
+
+    def propagate(self, ctx):
+        lab = _lab(ctx, 0)
+        sizes = list(_val(ctx, 1))
+        if ctx.node.target in (aten.expand.default,):
+            out = lab.expand(sizes)
+        else:
+            out = lab.reshape(sizes)
+            _tie_split_axes(ctx, lab, out)
+        _record_literals(ctx, out, sizes, range(len(sizes)))
+        return out
+
+
+class AtenSplit(Handler):
+    """split / split_with_sizes / chunk / unbind: pieces follow; equal pieces are tied position by position."""
+
+    def propagate(self, ctx):
+        lab = _lab(ctx, 0)
+        name = ctx.node.target.__name__.split(".")[0]
+        if name == "unbind":
+            dim = _val(ctx, 1, "dim", 0)
+            return tuple(lab.select(dim, i) for i in range(lab.shape[dim]))
+        dim = _val(ctx, 2, "dim", 0) % lab.dim()
+        widths = [o.shape[dim] for o in ctx.out]
+        pieces = tuple(torch.split(lab, widths, dim))
+        if len(set(widths)) == 1 and len(widths) > 1:
+            for piece in pieces[1:]:
+                ctx.tracker.union(compact(pieces[0]), compact(piece), f"{ctx.describe()} splits into equal pieces")
+        if name == "split":
+            _record_literals(ctx, pieces[0], [_val(ctx, 1)], [dim])
+        return pieces
+
+
+class AtenIndex(Handler):
+    """index.Tensor / index_select with index tensors computed from constants (position tables)."""
+
+    def propagate(self, ctx):
+        lab = _lab(ctx, 0)
+        name = ctx.node.target.__name__.split(".")[0]
+        if name == "index_select":
+            idx = ctx.walk.concrete(_arg(ctx, 2))
+            return lab.index_select(_val(ctx, 1), idx) if idx is not None else self._opaque(ctx)
+        indices = _arg(ctx, 1)
+        real = [None if i is None else ctx.walk.concrete(i) for i in indices]
+        if any(i is not None and r is None for i, r in zip(indices, real)):
+            return self._opaque(ctx)
+        return lab[tuple(slice(None) if r is None else r for r in real)] if len(real) > 1 else lab[real[0]] \
+            if real[0] is not None else lab
+
+    def _opaque(self, ctx):
+        return Opaque("it indexes with values computed from the input").propagate(ctx)
+
+
+class AtenReduce(Handler):
+    """mean / sum / amax / var over axes. Over a channel axis with keepdim (RMSNorm's mean of
+    squares) the result is a per-position statistic: channels stay prunable, as with layer_norm."""
+
+    def propagate(self, ctx):
+        lab = _lab(ctx, 0)
+        dims = _val(ctx, 1, "dim", None)
+        keepdim = bool(_val(ctx, 2, "keepdim", False))
+        if dims is None or not isinstance(ctx.out, torch.Tensor) or (isinstance(dims, (list, tuple)) and not dims):
+            return Opaque("reduces over every axis").propagate(ctx)
+        dims = sorted({d % lab.dim() for d in ((dims,) if isinstance(dims, int) else dims)}, reverse=True)
+        c = compact(lab)
+        over_channels = [d for d in dims if c.shape[d] > 1 and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
+        if over_channels and not keepdim:
+            # Summing tied copies (ResNeSt's radix splits) is fine; summing distinct channels is not.
+            t, desc, full = ctx.tracker, ctx.describe(), lab
+
+            def check(analysis):
+                if any(analysis.varies(full, d) for d in over_channels):
+                    t.pin(full, f"{desc} reduces over a channel axis")
+            t.constraints.append(check)
+            for d in dims:
+                lab = lab.select(d, 0)
+            return lab.expand(ctx.out.shape)
+        for d in dims:
+            lab = lab.narrow(d, 0, 1) if keepdim else lab.select(d, 0)
+        if over_channels:
+            return untracked(ctx.out.shape)
+        return lab.expand(ctx.out.shape)
+
+
+class AtenLabelOp(Handler):
+    """Data movement that runs on the labels as the op itself (permute, transpose, cat, slice ...)."""
+
+    def propagate(self, ctx):
+        args = _as_labels(ctx.args, ctx.arg_labels)
+        kwargs = _as_labels(ctx.kwargs, ctx.kwarg_labels)
+        return ctx.node.target(*args, **kwargs)
+
+
+class AtenSlice(Handler):
+    """slice / select / narrow: run on labels; taking part of a channel axis pins it."""
+
+    def propagate(self, ctx):
+        lab = _lab(ctx, 0)
+        out = AtenLabelOp().propagate(ctx)
+        dim = _val(ctx, 1, "dim", 0) % max(lab.dim(), 1)
+        select = "select" in str(ctx.node.target)
+        whole = not select and ctx.out.shape[dim] == lab.shape[dim]
+        if not whole:
+            t, desc = ctx.tracker, ctx.describe()
+            others = [d for d in range(lab.dim()) if d != dim]
+
+            def check(analysis):
+                # Picking q from a (3, heads, head_dim) stack is fine while heads, not the 3, are cut.
+                if analysis.varies(lab, dim) and not (select and any(analysis.varies(lab, d) for d in others)):
+                    t.pin(lab, f"{desc} picks channels by position")
+            t.constraints.append(check)
+        return out
+
+
+class AtenPad(Handler):
+    """constant_pad_nd / pad: padding axes without channels keeps them; padding a channel axis pins it."""
+
+    def propagate(self, ctx):
+        lab, pad = _lab(ctx, 0), list(_val(ctx, 1))
+        padded = [lab.dim() - 1 - i for i in range(len(pad) // 2) if pad[2 * i] or pad[2 * i + 1]]
+        c = compact(lab)
+        if any(c.shape[d] > 1 for d in padded):
+            return Opaque("pads an axis that carries channels").propagate(ctx)
+        for d in padded:
+            lab = lab.narrow(d, 0, 1)
+        return lab.expand(ctx.out.shape)
+
+
+class AtenCat(Handler):
+    def propagate(self, ctx):
+        if not isinstance(ctx.out, torch.Tensor):
+            return ctx.untracked_out()
+        return Cat().propagate(ctx)
+
+
+class AtenTupleOut(Handler):
+    """Ops returning (result, extras) such as native_dropout and max_pool2d_with_indices."""
+
+    def __init__(self, inner: Handler):
+        self.inner = inner
+
+    def propagate(self, ctx):
+        import dataclasses
+
+        main = self.inner.propagate(dataclasses.replace(ctx, out=ctx.out[0]))
+        return (main,) + tuple(main if isinstance(o, torch.Tensor) and o.shape == ctx.out[0].shape else
+                               (untracked(o.shape) if isinstance(o, torch.Tensor) else None) for o in ctx.out[1:])
+
+
+class AtenFactory(Handler):
+    """new_zeros / new_ones / new_full / new_empty: a fresh tensor that only borrows dtype and device."""
+
+    def propagate(self, ctx):
+        return ctx.untracked_out()
+
+
+def _packets(*names):
+    return [getattr(aten, n) for n in names if hasattr(aten, n)]
+
+
+def _register() -> None:
+    for name in ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d", "linear", "addmm"):
+        if hasattr(aten, name):
+            register_builtin(getattr(aten, name), AtenLayer(name))
+    for p in _packets("batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit_functional",
+                      "instance_norm", "_native_batch_norm_legit"):
+        register_builtin(p, AtenNorm())
+    register_builtin(aten.layer_norm, AtenLayerNorm())
+    register_builtin(aten.native_layer_norm, AtenLayerNorm())
+    register_builtin(aten.group_norm, AtenLayerNorm(group=True))
+    register_builtin(aten.native_group_norm, Opaque("native_group_norm is not followed"))
+    register_builtin(aten.embedding, AtenEmbedding())
+    for name in ("matmul", "bmm", "mm"):
+        register_builtin(getattr(aten, name), AtenContraction(name))
+    register_builtin(aten.einsum, AtenContraction("einsum"))
+    register_builtin(aten.scaled_dot_product_attention, AtenSDPA())
+    pointwise = Pointwise()
+    for p in _packets(
+            "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "pow", "exp", "sqrt", "rsqrt", "abs",
+            "sigmoid", "sigmoid_", "tanh", "tanh_", "relu", "relu_", "relu6", "gelu", "gelu_", "silu", "silu_",
+            "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "clamp", "clamp_",
+            "clamp_min", "clamp_max", "where", "dropout", "dropout_", "feature_dropout", "alpha_dropout", "erf",
+            "softmax", "_softmax", "log_softmax", "_log_softmax", "to", "_to_copy", "clone", "contiguous", "alias",
+            "detach", "masked_fill", "masked_fill_", "leaky_relu", "leaky_relu_", "elu", "elu_", "mish", "mish_",
+            "softplus", "sign", "floor", "ceil", "round", "eq", "ne", "ge", "gt", "le", "lt", "logical_and",
+            "logical_or", "logical_not", "__and__", "__or__", "type_as", "copy_", "maximum", "minimum", "lerp",
+            "addcmul", "square", "reciprocal", "log", "cos", "sin", "selu", "celu", "glu_", "lift_fresh_copy",
+            "bitwise_not", "fill", "zeros_like", "ones_like", "full_like", "empty_like", "rand_like",
+            "randn_like", "log_sigmoid", "logit", "exp2", "expm1", "log1p", "trunc", "frac", "fmod", "remainder",
+            "floor_divide", "threshold", "prelu", "_prelu_kernel", "isnan", "isinf", "nan_to_num", "hardshrink",
+            "softshrink", "tanhshrink", "sinh", "cosh", "atan", "mul_", "pow_", "log2", "clip", "conj",
+            "_assert_tensor_metadata"):
+        register_builtin(p, pointwise)
+    register_builtin(aten.native_dropout, AtenTupleOut(pointwise))
+    for p in _packets("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "scalar_tensor", "arange",
+                      "zeros", "ones", "full", "empty", "rand", "randn", "randint"):
+        register_builtin(p, AtenFactory())
+    spatial = Channelwise(1)
+    for p in _packets("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+                      "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+                      "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d",
+                      "upsample_bicubic2d", "upsample_linear1d", "upsample_trilinear3d", "_upsample_bilinear2d_aa",
+                      "_upsample_nearest_exact2d", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
+                      "replication_pad1d", "replication_pad2d", "replication_pad3d", "local_response_norm",
+                      "_adaptive_avg_pool2d"):
+        register_builtin(p, spatial)
+    for p in _packets("max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool2d",
+                      "adaptive_max_pool3d", "max_pool1d_with_indices"):
+        register_builtin(p, AtenTupleOut(spatial))
+    for p in _packets("constant_pad_nd", "pad"):
+        register_builtin(p, AtenPad())
+    label_op = AtenLabelOp()
+    for p in _packets("permute", "transpose", "t", "unsqueeze", "squeeze", "flatten", "unflatten", "movedim",
+                      "roll", "flip", "stack", "pixel_shuffle", "pixel_unshuffle", "repeat", "tile", "swapaxes",
+                      "repeat_interleave", "numpy_T", "mT", "channel_shuffle", "native_channel_shuffle", "hstack",
+                      "vstack", "broadcast_to", "reshape_as", "view_as", "expand_as"):
+        register_builtin(p, label_op)
+    reshape = AtenReshape()
+    for p in _packets("view", "reshape", "_unsafe_view", "expand", "_reshape_alias"):
+        register_builtin(p, reshape)
+    register_builtin(aten.flatten, _Flatten())
+    split = AtenSplit()
+    for p in _packets("split", "split_with_sizes", "chunk", "unbind", "unsafe_split", "tensor_split"):
+        register_builtin(p, split)
+    register_builtin(aten.cat, AtenCat())
+    register_builtin(aten.concat, AtenCat())
+    for p in _packets("slice", "select", "narrow"):
+        register_builtin(p, AtenSlice())
+    for p in _packets("index", "index_select"):
+        register_builtin(p, AtenIndex())
+    reduce = AtenReduce()
+    for p in _packets("mean", "sum", "amax", "amin", "var", "std", "logsumexp"):
+        register_builtin(p, reduce)
+
+
+class _Flatten(Handler):
+    """flatten(x, start, end): labels follow; channel splits across axes are impossible here."""
+
+    def propagate(self, ctx):
+        return AtenLabelOp().propagate(ctx)
+
+
+_register()
