@@ -29,6 +29,7 @@ __all__ = [
     "NoOptions",
     "input_list",
     "as_numpy",
+    "sample_arrays",
     "time_calls",
 ]
 
@@ -99,6 +100,17 @@ def as_numpy(x) -> np.ndarray:
             t = t.float()
         return t.numpy()
     return np.asarray(x)
+
+
+def sample_arrays(specs, seed: int = 0) -> list[np.ndarray]:
+    """Arrays for `benchmark` and smoke runs from (shape, dtype) pairs: standard normal floats, zeros
+    otherwise (zeros are a valid index, id or mask for any integer input)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, dtype in specs:
+        dt = np.dtype(dtype)
+        out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt))
+    return out
 
 
 class Artifact:
