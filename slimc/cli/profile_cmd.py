@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             artifact = target.build(program)
             feeds[id(artifact)] = program.random_inputs(seed=0)
-            jobs.append((label, artifact, program.ir, program.metadata.get("fx_module")))
+            jobs.append((label, artifact, program.ir, program.fx_module))
     profiles = profile_models(jobs, lambda a: feeds[id(a)], options)
     data = {"profiles": [p.as_dict() for p in profiles], "compare": {}}
     for backend in backends:

@@ -93,6 +93,7 @@ class ToOnnx(Pass):
         model = onnx_program.model_proto
         if dynamic:
             _name_batch_axis(model)
+        _scope_node_names(model)
         return model
 
     def _torchscript(self, program, dynamic: bool):
@@ -111,6 +112,27 @@ class ToOnnx(Pass):
                                   opset_version=self.opset, input_names=in_names, output_names=out_names,
                                   dynamic_axes=axes, do_constant_folding=True)
             return onnx.load(path)  # pulls external data (models over 2 GiB) into memory
+
+
+def _scope_node_names(model) -> None:
+    """Name nodes after the module that made them ('/layer1/layer1.0/conv1/Conv'), as the TorchScript
+    exporter does, instead of the dynamo exporter's 'node_conv2d_7': names users exclude layers by
+    (quantize-int8, profiles) and read in Netron stay the same whichever exporter ran."""
+    import ast
+
+    taken: dict[str, int] = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        if not isinstance(scopes, list) or not scopes:
+            continue
+        base = "/" + "".join(f"{s}/" for s in scopes[:-1] if s) + node.op_type
+        count = taken.get(base, 0)
+        taken[base] = count + 1
+        node.name = base if count == 0 else f"{base}_{count}"
 
 
 def _name_batch_axis(model) -> None:

@@ -127,3 +127,14 @@ def test_attention_exports_outside_the_fused_fast_path():
     result = slimc.compile(Attn().eval(), torch.randn(2, 5, 16), pipeline="to-onnx", fidelity_samples=2)
     assert result.report["fidelity"]["max_abs_err"] < 1e-5
     assert result.report["fidelity"]["cosine"] > 0.99999
+
+
+def test_dynamo_nodes_are_named_after_their_modules(tiny_cnn, tiny_input):
+    """Like the TorchScript exporter ('/conv1/Conv'), not 'node_conv2d_0': names users exclude layers by."""
+    from slimc.passes.fx.fuse_bn import FuseBN
+
+    program = FuseBN().apply(program_of(tiny_cnn, tiny_input)).program
+    model = ToOnnx().apply(program).program.ir
+    names = [n.name for n in model.graph.node]
+    assert "/conv1/Conv" in names and "/conv2/Conv" in names and "/fc/Gemm" in names, names
+    assert len(set(names)) == len(names)

@@ -70,8 +70,9 @@ def test_flat_torchscript_names_of_a_graph_module_get_their_paths_back():
     import slimc
     from slimc.profile.fx_scopes import resolve_flat_scopes
 
-    # slimc exports the FX GraphModule: the TorchScript exporter then names layers.1.conv '/conv_1/Conv'
-    result = slimc.compile(ps.Nested().eval(), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript}",
+    # a traced GraphModule given to slimc: the TorchScript exporter then names layers.1.conv '/conv_1/Conv'
+    # (slimc's own FX level is the user's module now, whose TorchScript names keep their scopes)
+    result = slimc.compile(torch.fx.symbolic_trace(ps.Nested().eval()), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript opset=17}",
                            backend=None, fidelity_samples=0)
     names = [n.name for n in result.onnx.graph.node]
     assert "/conv_1/Conv" in names and not any(n.startswith("/layers/") for n in names)
@@ -81,7 +82,7 @@ def test_flat_torchscript_names_of_a_graph_module_get_their_paths_back():
         got.setdefault(node.op_type, []).append(index.modules[name])
     assert got == EXPECTED
     # a graph module that does not line up (another width) is refused: short names stay
-    other = slimc.compile(ps.Nested(4).eval(), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript}",
+    other = slimc.compile(torch.fx.symbolic_trace(ps.Nested(4).eval()), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript opset=17}",
                           backend=None, fidelity_samples=0)
     assert resolve_flat_scopes(result.onnx, other.module) == {}
     assert resolve_flat_scopes(result.onnx, None) == {}
