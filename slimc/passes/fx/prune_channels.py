@@ -119,7 +119,7 @@ class PruneChannels(Pass):
             changed = cut_module(analysis, removed) if removed else []
             culprit, error = failing_module(work, lambda: self._check_runs(work, program.example_inputs,
                                                                           analysis.output_shapes))
-            if error is None or culprit is None or attempt == _MAX_RETRIES:
+            if error is None or not culprit or attempt == _MAX_RETRIES:
                 break
             # A module that sizes a reshape from another tensor's width at run time (Swin's C // num_heads)
             # ties widths the graph does not show: keep that module whole and cut again.

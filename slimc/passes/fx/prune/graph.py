@@ -361,7 +361,7 @@ def _first_occurrence(values: torch.Tensor) -> torch.Tensor:
     return uniq[first.argsort()]
 
 
-def channel_groups(gm: torch.fx.GraphModule, example_inputs, ignore=()) -> list[ChannelGroup]:
+def channel_groups(gm: torch.nn.Module, example_inputs, ignore=()) -> list[ChannelGroup]:
     """The prunable channel groups of `gm`, in graph order, each with a stable `.name` and `.size`.
 
     Example::
@@ -369,4 +369,12 @@ def channel_groups(gm: torch.fx.GraphModule, example_inputs, ignore=()) -> list[
         for g in channel_groups(gm, (torch.randn(1, 3, 224, 224),)):
             print(g.name, g.size, g.prunable)
     """
-    return analyze(gm, example_inputs, ignore).groups
+    from ....errors import SlimcError
+    from .aten_graph import analyze_module
+
+    try:  # the groups prune-channels cuts: found on the exported graph, as the pass does
+        return analyze_module(gm, example_inputs, ignore).groups
+    except SlimcError:  # export refused: the torch.fx walk (the pass falls back to it too)
+        if not isinstance(gm, torch.fx.GraphModule):
+            raise
+        return analyze(gm, example_inputs, ignore).groups
