@@ -320,3 +320,14 @@ def test_tensorrt_flavors_refuse_what_they_cannot_build(calib_file):
         check_int8_graph(full, asym)
     check_int8_graph(full, sym)  # what the full TensorRT builds
     check_int8_graph(rtx, dense)  # float graphs are not its business
+
+
+def test_tensorrt_for_rtx_backend_refuses_the_int8_graph(calib_file, tmp_path):
+    from slimc.backend.tensorrt.flavor import importable_flavors
+
+    if "rtx" not in importable_flavors():
+        pytest.skip("TensorRT for RTX is not installed")
+    with pytest.raises(SlimcError, match="TensorRT for RTX .* cannot build this int8 QDQ graph"):
+        slimc.compile(_net(), torch.rand(2, 3, 16, 16), pipeline=f"to-onnx,quantize-int8{{calib={calib_file}:batches}}",
+                      backend="tensorrt", backend_options={"flavor": "rtx", "cache_dir": str(tmp_path)},
+                      fidelity_samples=0)
