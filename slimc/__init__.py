@@ -13,6 +13,7 @@ from .compiler import CompileResult, compile, load_program
 from .errors import SlimcError
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .ir.program import Program
+from .compile_options import BackendSpec, InputOptions, ReportOptions
 from .passes.manager import Instrumentation, PassManager
 from .passes.pipeline import Pipeline
 from .passes.registry import Pass, PassResult, register_pass, registered_passes
@@ -22,16 +23,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Artifact",
+    "BackendSpec",
     "BenchmarkResult",
     "CompileResult",
     "FinetuneConfig",
     "FinetuneResult",
+    "InputOptions",
     "Instrumentation",
     "Pass",
     "PassManager",
     "PassResult",
     "Pipeline",
     "Program",
+    "ReportOptions",
     "SlimcError",
     "backend_names",
     "compile",

@@ -4,8 +4,11 @@ ONNX inputs, and the user's module left alone; bad inputs are SlimcErrors."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import warnings
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -20,8 +23,9 @@ from support import assert_outputs_close, bn_modules, fresh_inputs, n_params
 @pytest.mark.slow
 def test_resnet18_through_the_default_pipeline(tmp_path):
     result = slimc.compile("torchvision:resnet18", torch.randn(1, 3, 64, 64), pipeline="fuse-bn,to-onnx,simplify",
-                           backend="onnxruntime", output_dir=tmp_path / "out", report_path=tmp_path / "report.json",
-                           fidelity_samples=3, benchmark_iters=3)
+                           backend="onnxruntime", report=slimc.ReportOptions(
+                               path=tmp_path / "report.json", output_dir=tmp_path / "out", fidelity_samples=3,
+                               benchmark_iters=3))
     r = result.report
     assert set(r) >= {"source", "inputs", "pipeline", "passes", "before", "after", "fidelity", "artifact", "backend",
                       "seconds", "benchmark"}
@@ -78,13 +82,14 @@ def test_user_module_is_not_modified(tiny_cnn, tiny_input):
 
 def test_compile_without_backend_and_with_dumps(tmp_path, tiny_cnn, tiny_input):
     seen = []
+    inst = slimc.Instrumentation(dump_ir=tmp_path / "dump", dump_ir_changed_only=True, verify_each=True,
+                                 on_pass=lambda rec: seen.append(rec.name))
     result = slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn,to-onnx,eliminate-dead", backend=None,
-                           dump_ir=tmp_path / "dump", dump_ir_changed_only=True, verify_each=True,
-                           on_pass=lambda rec: seen.append(rec.name))
+                           instrumentation=inst)
     assert result.artifact is None and result.report["artifact"] is None and result.report["backend"] is None
     assert seen == ["fuse-bn", "to-onnx", "eliminate-dead"]
     assert result.report["fidelity"]["max_abs_err"] < 1e-4
-    stems = sorted({p.name.split(".")[0] for p in (tmp_path / "dump").iterdir()})
+    stems = sorted({p.name.split(".")[0] for p in (tmp_path / "dump").iterdir() if not p.name.startswith(".")})
     assert stems == ["00-input", "01-fuse-bn", "02-to-onnx"]
 
 
@@ -147,3 +152,97 @@ def test_unknown_backend_and_bad_pipeline_fail_before_any_work(tiny_cnn, tiny_in
         slimc.compile(tiny_cnn, tiny_input, backend="onnxrt")
     with pytest.raises(SlimcError, match="did you mean 'fuse-bn'"):
         slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-nb")
+
+
+# ---- reproducibility, fidelity that cannot fail the compile, NaN is a failure ------------------
+
+SEEDED_FACTORY = "import torch.nn as nn\n\ndef make():\n    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))\n"
+
+
+def _weights(result):
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(t) for t in result.onnx.graph.initializer]
+
+
+def test_the_seed_makes_model_creation_reproducible(tmp_path):
+    import numpy as np
+
+    f = tmp_path / "factory.py"
+    f.write_text(SEEDED_FACTORY)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = slimc.compile(f"{f}:make", input_shapes=["2x6"], pipeline="to-onnx", backend=None)
+    b = slimc.compile(f"{f}:make", pipeline="to-onnx", backend=None, inputs=slimc.InputOptions(shapes=("2x6",)))
+    c = slimc.compile(f"{f}:make", input_shapes=["2x6"], pipeline="to-onnx", backend=None, seed=1)
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+    assert not all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(c)))
+    assert a.report["seed"] == 0 and c.report["seed"] == 1
+    assert a.report["fidelity"] == b.report["fidelity"]  # the check's inputs follow the seed too
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
+
+
+@functools.lru_cache(maxsize=1)
+def _node_cases():
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators' own overflow warnings
+        return {c.name: c for c in collect_testcases(None)}
+
+
+def _node_case(name):
+    case = _node_cases()[name]
+    return case.model, [torch.from_numpy(np.ascontiguousarray(a)) for a in case.data_sets[0][0]]
+
+
+# Cases from ONNX's node tests where drawing index-like inputs at random (axes, split sizes, scales),
+# empty outputs or integer division ended the compile in a raw ONNX Runtime or numpy error.
+NODE_CASES = ["test_reduce_sum_square_negative_axes_keepdims_example", "test_constantofshape_int_shape_zero",
+              "test_split_variable_parts_default_axis_opset18", "test_resize_upsample_sizes_nearest_not_larger",
+              "test_slice_end_out_of_bounds", "test_div_uint32", "test_reduce_max_empty_set"]
+
+
+@pytest.mark.parametrize("name", NODE_CASES)
+def test_fidelity_on_onnx_node_cases_with_integer_and_index_inputs(tmp_path, name):
+    model, inputs = _node_case(name)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(model, path)
+    result = slimc.compile(str(path), inputs, pipeline="simplify", backend="onnxruntime", fidelity_samples=4)
+    fid = result.report["fidelity"]
+    assert fid["ok"] is True and fid["max_abs_err"] == 0.0 and fid["nonfinite"] == 0, fid
+    assert result.ok
+
+
+def test_a_fidelity_check_that_cannot_run_does_not_end_the_compile(monkeypatch, tiny_cnn, tiny_input):
+    from slimc.ir.program import Program
+
+    def broken(self, seed=0, batch=None):
+        raise ValueError("cannot draw inputs")
+
+    monkeypatch.setattr(Program, "random_inputs", broken)
+    result = slimc.compile(tiny_cnn, tiny_input, pipeline="to-onnx", backend="onnxruntime", fidelity_samples=2)
+    assert result.report["fidelity"] == {"error": "failed to measure: cannot draw inputs"}
+    assert result.artifact is not None and result.ok  # unmeasured is not a failure
+
+
+def overflowing_onnx():
+    """y = x * 1e5 + x: the scale is past float16's 65504, so in float16 every y is +-Inf."""
+    from onnx import TensorProto, helper
+
+    from support import make_onnx
+
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [1], [1e5])
+    return make_onnx([helper.make_node("Mul", ["x", "scale"], ["s"]), helper.make_node("Add", ["s", "x"], ["y"])],
+                     [("x", [2, 16])], [("y", [2, 16])], [scale])
+
+
+def test_nan_or_inf_after_to_fp16_fails_the_fidelity_check(tmp_path):
+    path = tmp_path / "overflow.onnx"
+    onnx.save(overflowing_onnx(), path)
+    result = slimc.compile(str(path), pipeline="to-fp16", backend="onnxruntime", input_shapes=["2x16"])
+    fid = result.report["fidelity"]
+    assert fid["ok"] is False and fid["nonfinite"] > 0 and "NaN or Inf" in fid["failure"]
+    assert not result.ok
+    fine = slimc.compile(str(path), pipeline="simplify", backend="onnxruntime", input_shapes=["2x16"])
+    assert fine.ok and fine.report["fidelity"]["nonfinite"] == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_pipeline_args, human, pipeline_text, print_pass_table
+from . import profile_cmd
+from .common import (FIDELITY_FAILED, PassTable, add_model_args, add_pipeline_args, human, input_options,
+                     instrumentation, pipeline_text, print_fidelity, start_level)
 
 DEFAULT = "fuse-bn,to-onnx,simplify"
 
@@ -25,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of --finetune (default 1)")
     p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
                    help="time the artifact over ITERS runs after compiling")
+    profile_cmd.add_compile_options(p)  # --profile, --report-html
     p.set_defaults(run=run)
 
 
@@ -53,31 +56,34 @@ def _with_finetune(text: str, data: str, epochs: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
+    from ..compile_options import BackendSpec, ReportOptions
     from ..passes.pipeline import Pipeline
+    from .guard import guard_compile
 
     text = pipeline_text(args, DEFAULT)
     if args.finetune:
         text = _with_finetune(text, args.finetune, args.epochs)
-    if args.print_pipeline:
-        print(Pipeline.parse(text).print())
-    result = compile(args.model, pipeline=text, backend=args.backend, input_shapes=args.input_shape,
-                     dynamic_batch=args.dynamic_batch, leaf_modules=args.leaf_module,
-                     backend_options=_backend_options(args.backend_option), output_dir=args.output_dir,
-                     report_path=args.report, dump_ir=args.dump_ir, dump_ir_changed_only=args.dump_ir_changed_only,
-                     verify_each=args.verify_each, benchmark_iters=args.benchmark)
+    backend = BackendSpec(args.backend, _backend_options(args.backend_option))
+    pipeline = Pipeline.parse(text)
+    if args.print_pipeline:  # like mlir-opt's --dump-pass-pipeline: print, do nothing else
+        end = None if args.backend == "torch" else "onnx"
+        print(pipeline.lowered(start_level(args.model), end).print())
+        return 0
+    guard_compile(args)  # before any work: no output may land on an input or a device node
+    table = PassTable([p.name for p in pipeline])
+    result = compile(args.model, pipeline=pipeline, backend=backend, inputs=input_options(args),
+                     instrumentation=instrumentation(args, on_pass=table.row),
+                     report=ReportOptions(path=args.report, output_dir=args.output_dir,
+                                          benchmark_iters=args.benchmark))
     r = result.report
+    table.fidelity_row(r["fidelity"])
     print(f"pipeline: {r['pipeline']}")
-    print_pass_table(r)
     b, a = r["before"], r["after"]
     print(f"params {human(b['params'])} -> {human(a['params'])}   MACs {human(b['macs'])} -> {human(a['macs'])}   "
-          f"nodes {b['nodes']} -> {a['nodes']}")
-    fid = r["fidelity"] or {}
-    if "max_abs_err" in fid:
-        top1 = "-" if fid["top1_agreement"] is None else f"{fid['top1_agreement']:.3f}"
-        print(f"fidelity vs original ({fid['samples']} random inputs): max abs err {fid['max_abs_err']:.3g}, "
-              f"rel err {fid['rel_err']:.3g}, cosine {fid['cosine']:.6f}, top-1 agreement {top1}")
-    if "skipped" in fid:
-        print(f"fidelity not checked: {fid['skipped']}")
+          f"nodes {b['nodes']} -> {a['nodes']}   (seed {r['seed']})")
+    for warning in r["warnings"]:
+        print(f"warning: {warning}")
+    fidelity_ok = print_fidelity(r["fidelity"])
     bench = r.get("benchmark") or {}
     if "median_ms" in bench:
         print(f"latency on {args.backend}: median {bench['median_ms']:.2f} ms, p90 {bench['p90_ms']:.2f} ms")
@@ -88,4 +94,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     print(f"compiled in {r['seconds']:.2f} s")
-    return 0
+    profile_cmd.after_compile(args, result)  # --profile, --report-html
+    return 0 if fidelity_ok else FIDELITY_FAILED

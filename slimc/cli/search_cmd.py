@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, human, pipeline_text
+from .common import add_model_args, human, input_options, pipeline_text
 
 EXAMPLE = """example:
   slimc search torchvision:resnet50 --input-shape 1x3x224x224 \\
@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
                    help="number of trials in all, stored ones included (50; with --resume: the stored search's)")
     p.add_argument("--algo", default="tpe", choices=("tpe", "rand", "anneal", "atpe", "grid"),
                    help="tpe (default), rand, anneal, atpe (needs lightgbm), grid (choice/quniform only)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of Hyperopt and of model creation (torchvision:NAME weights) in every trial (0)")
     p.add_argument("--store", metavar="DIR", help="run folder (default runs/search-DATE-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the search stored in --store")
     p.add_argument("--spark", metavar="MASTER", help="run trials through SparkTrials: local[2], spark://host:7077")
@@ -56,11 +57,14 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import SlimcError
+    from ..compile_options import BackendSpec, ReportOptions
     from ..search import build_space, search
     from ..search.objective import TrialTask
     from .common import print_err
     from .compile_cmd import _backend_options
+    from .guard import guard_search
 
+    guard_search(args)  # before any work: the store must not hold an input
     text = pipeline_text(args, None)
     if args.objective == "accuracy" and not args.eval:
         raise SlimcError("--objective accuracy needs --eval FILE.py:FN, the function that scores a compiled model "
@@ -70,20 +74,19 @@ def run(args: argparse.Namespace) -> int:
                          "--objective accuracy.")
     if args.resume and not args.store:
         raise SlimcError("--resume needs --store DIR, the folder of the search to continue.")
+    inputs = input_options(args)
     if args.print_space:
-        task = TrialTask(args.model, tuple(args.input_shape or ()) or None, dynamic_batch=args.dynamic_batch,
-                         leaf_modules=tuple(args.leaf_module))
-        print(build_space(text, task).describe())
+        print(build_space(text, TrialTask(args.model, inputs=inputs)).describe())
         return 0
     try:
-        result = search(args.model, text, input_shapes=args.input_shape, dynamic_batch=args.dynamic_batch,
-                        leaf_modules=args.leaf_module, backend=args.backend,
-                        backend_options=_backend_options(args.backend_option), eval=args.eval,
-                        latency_budget=args.latency_budget, macs_budget=args.macs_budget, min_score=args.min_score,
-                        trials=args.trials, algo=args.algo, store=args.store, resume=args.resume, spark=args.spark,
-                        parallelism=args.parallelism, trial_timeout=args.trial_timeout, seed=args.seed,
-                        fidelity_samples=args.fidelity_samples, benchmark_iters=args.benchmark_iters,
-                        progress=not args.no_progress)
+        result = search(args.model, text, inputs=inputs,
+                        backend=BackendSpec(args.backend, _backend_options(args.backend_option)),
+                        report=ReportOptions(fidelity_samples=args.fidelity_samples,
+                                             benchmark_iters=args.benchmark_iters),
+                        eval=args.eval, latency_budget=args.latency_budget, macs_budget=args.macs_budget,
+                        min_score=args.min_score, trials=args.trials, algo=args.algo, store=args.store,
+                        resume=args.resume, spark=args.spark, parallelism=args.parallelism,
+                        trial_timeout=args.trial_timeout, seed=args.seed, progress=not args.no_progress)
     except KeyboardInterrupt:
         where = args.store or "the store folder"
         print_err(f"interrupted; every finished trial is in {where}/trials.jsonl. "

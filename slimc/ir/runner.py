@@ -9,8 +9,19 @@ import numpy as np
 __all__ = ["random_like", "run_ir", "run_torch", "run_onnx", "flatten_outputs"]
 
 
+# Inputs this small are parameters of the graph more often than data: Squeeze/Unsqueeze axes, TopK's k,
+# Reshape's shape, Resize's scales, NonMaxSuppression's thresholds. A random draw makes most of them
+# invalid, so they keep the example's values.
+_PARAMETER_LIKE_ELEMENTS = 16
+
+
 def random_like(examples, seed: int = 0, batch: int | None = None) -> list[np.ndarray]:
-    """Random arrays shaped like `examples` (tensors or arrays); integer inputs stay in a small range."""
+    """Random arrays shaped like `examples` (tensors or arrays), valid where the examples are.
+
+    Floats are standard normal. Integers are drawn from the examples' own range [min, max], so token
+    ids stay inside the vocabulary. Scalars and short vectors (index-like inputs such as axes, k or
+    a shape) keep the example's values.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for ex in examples:
@@ -18,13 +29,17 @@ def random_like(examples, seed: int = 0, batch: int | None = None) -> list[np.nd
         shape = list(arr.shape)
         if batch is not None and shape:
             shape[0] = batch
-        if np.issubdtype(arr.dtype, np.floating):
+        if arr.ndim <= 1 and arr.size <= _PARAMETER_LIKE_ELEMENTS and list(arr.shape) == shape:
+            out.append(arr.copy())
+        elif np.issubdtype(arr.dtype, np.floating):
             out.append(rng.standard_normal(shape).astype(arr.dtype))
         elif arr.dtype == np.bool_:
             out.append(rng.integers(0, 2, shape).astype(np.bool_))
+        elif arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            out.append(rng.integers(lo, hi, shape, endpoint=True).astype(arr.dtype))
         else:
-            hi = max(int(arr.max()) + 1, 2) if arr.size else 2
-            out.append(rng.integers(0, hi, shape).astype(arr.dtype))
+            out.append(np.zeros(shape, dtype=arr.dtype))
     return out
 
 
@@ -46,7 +61,7 @@ def run_torch(module, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def run_onnx(model, inputs: Sequence[np.ndarray], input_names: Sequence[str] | None = None) -> list[np.ndarray]:
-    from ..backend.onnxruntime import session_for
+    from .ort_session import session_for
 
     sess = session_for(model)
     names = [i.name for i in sess.get_inputs()]

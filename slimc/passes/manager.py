@@ -43,7 +43,9 @@ class Instrumentation:
     verify_each:          run each lossless pass's input and output on the same random inputs
     rtol, atol:           tolerance of that check, relative to the largest reference output
     reproducer_dir:       where to write a reproducer when a pass raises (None: a new temp dir)
-    on_pass:              called with each PassRecord as it completes (progress printing)
+    on_pass:              called with each PassRecord as it completes (the CLI prints its table row),
+                          also for a pass whose --verify-each check failed, before the error is raised
+    progress:             a tqdm bar on stderr naming the running pass, its clock ticking (long exports)
     """
 
     dump_ir: Path | None = None
@@ -53,6 +55,7 @@ class Instrumentation:
     atol: float = 1e-4
     reproducer_dir: Path | None = None
     on_pass: Callable | None = None
+    progress: bool = False
 
 
 @dataclass
@@ -65,12 +68,18 @@ class PassRecord:
     stats: Stats
     details: dict = field(default_factory=dict)
     max_abs_err: float | None = None
+    verified: bool | None = None  # --verify-each: True passed, False failed, None not checked
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         out = {"name": self.name, "level": self.level, "lossless": self.lossless, "seconds": round(self.seconds, 4),
                "changed": self.changed, "stats": self.stats.as_dict(), "details": self.details}
         if self.max_abs_err is not None:
             out["max_abs_err"] = self.max_abs_err
+        if self.verified is not None:
+            out["verified"] = self.verified
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
         return out
 
 
@@ -92,20 +101,32 @@ def outputs_close(ref: list[np.ndarray], got: list[np.ndarray], rtol: float, ato
 
 
 class PassManager:
-    """Runs a (lowered) pipeline over a program.
+    """Runs a pipeline over a program, lowering it first: `to-onnx` is inserted where an ONNX-level
+    pass follows an FX-level program (and at the end when `end_level` is 'onnx'), and FX-level passes
+    on an ONNX program are rejected before anything runs.
 
     Example::
 
-        pm = PassManager(Pipeline.parse("fuse-bn,to-onnx,simplify"), Instrumentation(verify_each=True))
+        pm = PassManager(Pipeline.parse("fuse-bn,simplify"), Instrumentation(verify_each=True))
+        pm.lowered_for(program).print()   # 'fuse-bn,to-onnx{...},simplify{...}'
         program, records = pm.run(program)
     """
 
-    def __init__(self, pipeline: Pipeline, instrumentation: Instrumentation | None = None):
+    def __init__(self, pipeline: Pipeline, instrumentation: Instrumentation | None = None,
+                 end_level: str | None = None):
         self.pipeline = pipeline
         self.inst = instrumentation or Instrumentation()
+        self.end_level = end_level
 
-    def run(self, program: Program) -> tuple[Program, list[PassRecord]]:
+    def lowered_for(self, program: Program) -> Pipeline:
+        """The pipeline that `run` executes on `program`: with the lowering passes it needs."""
+        return self.pipeline.lowered(program.level, self.end_level)
+
+    def run(self, program: Program, input_stats: Stats | None = None) -> tuple[Program, list[PassRecord]]:
+        """Run the lowered pipeline; `input_stats` (the program's statistics, when the caller has them)
+        lets the first pass be checked for parameter growth too."""
         inst = self.inst
+        pipeline = self.lowered_for(program)
         records: list[PassRecord] = []
         check_inputs = program.random_inputs(seed=1234) if inst.verify_each else None
         reference = program.run(check_inputs) if inst.verify_each else None
@@ -113,51 +134,78 @@ class PassManager:
             from ..ir.dump import dump_program
 
             dump_program(program, inst.dump_ir, "00-input")
-        for index, p in enumerate(self.pipeline, start=1):
-            start = time.perf_counter()
-            try:
-                result = p.apply(program)
-            except SlimcError as exc:
-                raise type(exc)(f"pass '{p.name}': {exc}") from None
-            except Exception as exc:
-                raise self._reproducer(program, index, p, exc) from exc
-            seconds = time.perf_counter() - start
-            new = result.program
-            stats = stats_of(new.ir, new.example_inputs) if (result.changed or not records) else records[-1].stats
-            record = PassRecord(p.name, p.output_level, p.lossless, seconds, result.changed, stats, result.details)
-            if inst.verify_each and result.changed:
+        with _PassProgress(len(pipeline), inst.progress) as bar:
+            for index, p in enumerate(pipeline, start=1):
+                bar.starting(p.name)
+                start = time.perf_counter()
                 try:
-                    got = new.run(check_inputs)
-                except Exception as exc:  # a pass that breaks the IR must be named, like one that changes numbers
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise VerificationError(
-                        f"--verify-each: the program after pass '{p.name}' (#{index}) does not run: {first}. "
-                        "This is a bug in the pass; run with --dump-ir to see the IR it produced."
-                    ) from None
-                if p.lossless:
-                    ok, err, why = outputs_close(reference, got, inst.rtol, inst.atol)
-                    record.max_abs_err = err
-                    if not ok:
-                        raise VerificationError(
-                            f"--verify-each: pass '{p.name}' (#{index}) is lossless but changed the outputs: {why}. "
-                            "This is a bug in the pass; run with --dump-ir to see the IR before and after it."
-                        )
-                reference = got
-            if inst.dump_ir is not None and (result.changed or not inst.dump_ir_changed_only):
-                from ..ir.dump import dump_program
+                    result = p.apply(program)
+                except SlimcError as exc:
+                    raise type(exc)(f"pass '{p.name}': {exc}") from None
+                except Exception as exc:
+                    raise self._reproducer(pipeline, program, index, p, exc) from exc
+                seconds = time.perf_counter() - start
+                new = result.program
+                previous = records[-1].stats if records else input_stats
+                params_before = previous.params if previous is not None else None
+                stats = stats_of(new.ir, new.example_inputs) if (result.changed or not records) else records[-1].stats
+                record = PassRecord(p.name, p.output_level, p.lossless, seconds, result.changed, stats, result.details)
+                if p.lossless and params_before is not None and stats.params > params_before:
+                    # A lossless pass computes the same function; more parameters mean it copied a weight
+                    # (e.g. folded a Transpose of a tied embedding into a second initializer).
+                    record.warnings.append(f"lossless pass grew the parameters from {params_before:,} to "
+                                           f"{stats.params:,}")
+                if inst.verify_each:
+                    reference = self._verify(index, p, new, check_inputs, reference, record)
+                if inst.dump_ir is not None and (result.changed or not inst.dump_ir_changed_only):
+                    from ..ir.dump import dump_program
 
-                dump_program(new, inst.dump_ir, f"{index:02d}-{p.name}")
-            records.append(record)
-            if inst.on_pass is not None:
-                inst.on_pass(record)
-            program = new
+                    dump_program(new, inst.dump_ir, f"{index:02d}-{p.name}")
+                records.append(record)
+                if inst.on_pass is not None:
+                    inst.on_pass(record)
+                bar.finished()
+                program = new
         return program, records
 
-    def _reproducer(self, program: Program, index: int, failed: Pass, exc: Exception) -> PassFailed:
+    def _verify(self, index: int, p: Pass, new: Program, check_inputs, reference, record: PassRecord):
+        """Run the program after pass `p`: every lossless pass that ran is compared with the program
+        before it (whether or not it says it changed anything); returns the new reference outputs."""
+        inst = self.inst
+
+        def fail(error: VerificationError):
+            record.verified = False
+            record.warnings.append(str(error).split(". ")[0])
+            if inst.on_pass is not None:
+                inst.on_pass(record)  # the failing pass shows in the table before the error ends the run
+            error.record = record
+            return error
+
+        try:
+            got = new.run(check_inputs)
+        except Exception as exc:  # a pass that breaks the IR must be named, like one that changes numbers
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise fail(VerificationError(
+                f"--verify-each: the program after pass '{p.name}' (#{index}) does not run: {first}. "
+                "This is a bug in the pass; run with --dump-ir to see the IR it produced."
+            )) from None
+        if p.lossless:
+            ok, err, why = outputs_close(reference, got, inst.rtol, inst.atol)
+            record.max_abs_err = err
+            record.verified = ok
+            if not ok:
+                raise fail(VerificationError(
+                    f"--verify-each: pass '{p.name}' (#{index}) is lossless but changed the outputs: {why}. "
+                    "This is a bug in the pass; run with --dump-ir to see the IR before and after it."
+                ))
+        return got
+
+    def _reproducer(self, pipeline: Pipeline, program: Program, index: int, failed: Pass,
+                    exc: Exception) -> PassFailed:
         """Write the failing pass's input, the rest of the pipeline and inputs; say how to replay."""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         try:
-            directory, replay = self._write_reproducer(program, index, exc)
+            directory, replay = self._write_reproducer(pipeline, program, index, exc)
         except Exception as write_exc:  # the pass's own error matters more than the reproducer
             return PassFailed(
                 f"pass '{failed.name}' (#{index}) raised {type(exc).__name__}: {first}. Writing a reproducer "
@@ -168,12 +216,13 @@ class PassManager:
             f"the pipeline from this pass on, inputs, traceback) is in {directory}; replay it with: {replay}"
         )
 
-    def _write_reproducer(self, program: Program, index: int, exc: Exception) -> tuple[Path, str]:
+    def _write_reproducer(self, pipeline: Pipeline, program: Program, index: int,
+                          exc: Exception) -> tuple[Path, str]:
         import torch
 
         from ..ir.onnx_io import save_onnx
 
-        failed = self.pipeline.passes[index - 1]
+        failed = pipeline.passes[index - 1]
         base = self.inst.reproducer_dir
         if base is not None:
             Path(base).mkdir(parents=True, exist_ok=True)
@@ -183,7 +232,7 @@ class PassManager:
         else:
             model_file = directory / "input.pt"
             torch.save(program.ir, model_file)
-        rest = Pipeline(self.pipeline.passes[index - 1:]).print()
+        rest = Pipeline(pipeline.passes[index - 1:]).print()
         (directory / "pipeline.txt").write_text(rest + "\n")
         np.savez(directory / "inputs.npz", *[t.detach().cpu().numpy() for t in program.example_inputs])
         (directory / "error.txt").write_text("".join(traceback.format_exception(exc)))
@@ -192,9 +241,45 @@ class PassManager:
             for t in program.example_inputs
         )
         # `slimc opt` needs -o; the pipeline's last level says which kind of file it can write.
-        output = directory / ("output.onnx" if self.pipeline.passes[-1].output_level == "onnx" else "output.pt")
+        output = directory / ("output.onnx" if pipeline.passes[-1].output_level == "onnx" else "output.pt")
         replay = (f"slimc opt {shlex.quote(str(model_file))} --pipeline-file {shlex.quote(str(directory / 'pipeline.txt'))}"
                   f" -o {shlex.quote(str(output))}")
         if program.level == "fx":
-            replay += f" {shapes}"
+            replay += f" {shapes} --trust-pickle"  # input.pt is slimc's own pickled GraphModule
         return directory, replay
+
+
+class _PassProgress:
+    """A tqdm bar over the passes whose clock keeps ticking during a long pass (an export, onnxsim)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+        self._stop = None
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, unit="pass", leave=False, dynamic_ncols=True)
+            self._stop = threading.Event()
+            threading.Thread(target=self._tick, daemon=True, name="slimc-pass-progress").start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.5):
+            self.bar.refresh()
+
+    def starting(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(name)
+
+    def finished(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self._stop.set()
+            self.bar.close()

@@ -14,7 +14,7 @@ from typing import Iterable
 from ..errors import SlimcError
 from .registry import Pass, get_pass
 
-__all__ = ["Pipeline", "PassSpec", "parse_pipeline_text", "read_pipeline_file"]
+__all__ = ["Pipeline", "PassSpec", "PipelineFileText", "parse_pipeline_text", "read_pipeline_file"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,39 @@ class PassSpec:
     position: int = 0
 
 
+class PipelineFileText(str):
+    """Pipeline text joined from a file's lines, which remembers where each character was written,
+    so errors name the file's line and column instead of a column of the joined text."""
+
+    path: str
+    origins: tuple[tuple[int, int], ...]  # (line, column), 1-based, per character of the text
+    lines: tuple[str, ...]
+
+    def __new__(cls, text: str, path: str, origins, lines):
+        obj = super().__new__(cls, text)
+        obj.path, obj.origins, obj.lines = path, tuple(origins), tuple(lines)
+        return obj
+
+    def locate(self, pos: int) -> tuple[str, str, int]:
+        """(where, the source line, 0-based column in it) of character `pos`."""
+        if not self.origins:
+            return f"{self.path}", "", 0
+        line, col = self.origins[min(pos, len(self.origins) - 1)]
+        if pos >= len(self.origins):  # the end of the text: just after the last character
+            col += 1
+        return f"{self.path}, line {line}, column {col}", self.lines[line - 1], col - 1
+
+
+def _where(text: str, pos: int) -> str:
+    if isinstance(text, PipelineFileText):
+        return text.locate(pos)[0]
+    return f"pipeline text, column {pos + 1}"
+
+
 def _error(text: str, pos: int, message: str) -> SlimcError:
+    if isinstance(text, PipelineFileText):
+        where, line, col = text.locate(pos)
+        return SlimcError(f"{where}: {message}\n  {line}\n  {' ' * col}^")
     caret = " " * pos + "^"
     return SlimcError(f"pipeline text, column {pos + 1}: {message}\n  {text}\n  {caret}")
 
@@ -107,19 +139,29 @@ def _read_value(text: str, i: int) -> tuple[str, int]:
     return text[start:i], i
 
 
-def read_pipeline_file(path: str | Path) -> str:
-    """Pipeline scripts: one pass per line (or several, comma-separated); '#' starts a comment."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise SlimcError(f"cannot read pipeline file '{path}': {exc.strerror}.") from None
-    kept = [ln.split("#", 1)[0].strip().rstrip(",") for ln in lines]
+def read_pipeline_file(path: str | Path) -> PipelineFileText:
+    """Pipeline scripts: one pass per line (or several, comma-separated); '#' starts a comment.
+
+    The result is the joined pipeline text; parse errors in it name the file's line and column.
+    """
+    from ..ir.files import read_text_bounded
+
+    lines = read_text_bounded(path, "pipeline file").splitlines()  # bounded: /dev/zero fails fast
     # Lines are passes, except inside a pass's '{...}': long option lists may span lines.
-    text, depth = "", 0
-    for ln in (k for k in kept if k):
-        text += ("," if depth == 0 else " ") + ln if text else ln
-        depth += ln.count("{") - ln.count("}")
-    return text
+    text, origins, depth = "", [], 0
+    for number, line in enumerate(lines, start=1):
+        code = line.split("#", 1)[0]
+        kept = code.strip().rstrip(",")
+        if not kept:
+            continue
+        first = len(code) - len(code.lstrip())
+        if text:
+            text += "," if depth == 0 else " "
+            origins.append(origins[-1])
+        text += kept
+        origins.extend((number, first + 1 + k) for k in range(len(kept)))
+        depth += kept.count("{") - kept.count("}")
+    return PipelineFileText(text, str(path), origins, lines)
 
 
 class Pipeline:
@@ -144,7 +186,7 @@ class Pipeline:
     def parse(cls, text: str) -> "Pipeline":
         passes = []
         for spec in parse_pipeline_text(text):
-            where = f"pipeline text, column {spec.position + 1}: "
+            where = f"{_where(text, spec.position)}: "
             passes.append(get_pass(spec.name, where).from_options(spec.options, where))
         return cls(passes)
 

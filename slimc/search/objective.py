@@ -19,29 +19,32 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SlimcError, closest
+from ..compile_options import BackendSpec, InputOptions, ReportOptions
 
 __all__ = ["TrialTask", "Budget", "Constraints", "run_trial", "measure", "load_callable", "score_of", "loss_of"]
 
 
+# A trial measures latency itself (benchmark_iters) and scores fidelity on more samples than a compile.
+TRIAL_REPORT = ReportOptions(fidelity_samples=16, benchmark_iters=20)
+
+
 @dataclass(frozen=True)
 class TrialTask:
-    """Everything a worker needs to compile and measure one pipeline.
+    """Everything a worker needs to compile and measure one pipeline: the compile's options objects,
+    the scoring function and the limits.
 
     model:    a model spec ('torchvision:resnet50', 'file.py:factory', 'model.onnx') or an nn.Module
+    inputs, backend, report: as for slimc.compile (report.benchmark_iters: timed runs per trial)
     eval:     'file.py:fn' or a callable fn(artifact) -> float; None scores fidelity to the original
     sources:  {path: text} of the .py files the specs name, rebuilt on workers that lack them
     """
 
     model: Any
-    input_shapes: tuple[str, ...] | None = None
     example_inputs: Any = None
-    dynamic_batch: bool = False
-    leaf_modules: tuple = ()
-    backend: str = "onnxruntime"
-    backend_options: dict = field(default_factory=dict)
+    inputs: InputOptions = InputOptions()
+    backend: BackendSpec = BackendSpec()
+    report: ReportOptions = TRIAL_REPORT
     eval: Any = None
-    fidelity_samples: int = 16
-    benchmark_iters: int = 20
     timeout: float | None = None
     sources: dict = field(default_factory=dict)
 
@@ -112,6 +115,8 @@ def score_of(fidelity: dict | None) -> tuple[float, str]:
     """Default score: top-1 agreement with the original for classifiers, cosine otherwise."""
     if not fidelity or "error" in fidelity:
         raise SlimcError(f"fidelity could not be measured: {(fidelity or {}).get('error', 'no samples')}")
+    if fidelity.get("ok") is False:
+        raise SlimcError(f"fidelity check failed: {fidelity['failure']}")
     if fidelity.get("top1_agreement") is not None:
         return float(fidelity["top1_agreement"]), "top1_agreement"
     return float(fidelity["cosine"]), "cosine"
@@ -123,10 +128,9 @@ def measure(task: TrialTask, pipeline: str) -> dict:
 
     task = _localized(task)
     t0 = time.perf_counter()
-    result = compile(task.model, task.example_inputs, pipeline=pipeline, backend=task.backend,
-                     input_shapes=task.input_shapes, dynamic_batch=task.dynamic_batch,
-                     leaf_modules=task.leaf_modules, backend_options=dict(task.backend_options),
-                     fidelity_samples=task.fidelity_samples)
+    # The trial times the artifact itself, after scoring it (a benchmark inside compile would come first).
+    result = compile(task.model, task.example_inputs, pipeline=pipeline, backend=task.backend, inputs=task.inputs,
+                     report=replace(task.report, benchmark_iters=0))
     compile_s = time.perf_counter() - t0
     report, artifact = result.report, result.artifact
     try:
@@ -137,7 +141,8 @@ def measure(task: TrialTask, pipeline: str) -> dict:
             score, kind = score_of(report["fidelity"])
         if not math.isfinite(score):
             raise SlimcError(f"the score is {score}")
-        bench = artifact.benchmark(iters=task.benchmark_iters) if task.benchmark_iters > 0 else None
+        iters = task.report.benchmark_iters
+        bench = artifact.benchmark(iters=iters) if iters > 0 else None
     finally:
         artifact.close()
     fid = report.get("fidelity") or {}

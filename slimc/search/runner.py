@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import SlimcError, closest
-from .objective import Constraints, TrialTask, loss_of, run_trial
+from ..compile_options import BackendSpec, InputOptions, ReportOptions, with_shorthands
+from ..preflight import check_search_run
+from .objective import TRIAL_REPORT, Constraints, TrialTask, loss_of, run_trial
 from .report import best_record, write_reports
 from .space import SearchSpace
 from .store import TrialStore, rebuild_trials, utc_now
@@ -55,15 +57,17 @@ def _prune_groups(task: TrialTask, specs) -> Callable:
     def provide(spec, index):
         if spec.name != "prune-channels":
             raise SlimcError(f"per-group(...) is available on prune-channels ratios=..., not on '{spec.name}'.")
-        from ..compiler import load_program
+        from ..compiler import load_program, seeded
         from ..passes.manager import Instrumentation, PassManager
         from ..passes.fx.prune import channel_groups
         from ..passes.pipeline import Pipeline
         from ..passes.registry import get_pass, parse_value
         from .space import is_distribution
 
-        program = load_program(task.model, task.example_inputs, input_shapes=task.input_shapes,
-                               dynamic_batch=task.dynamic_batch, leaf_modules=task.leaf_modules)
+        opts = task.inputs
+        with seeded(opts.seed):
+            program = load_program(task.model, task.example_inputs, input_shapes=opts.shapes,
+                                   dynamic_batch=opts.dynamic_batch, leaf_modules=opts.leaf_modules)
         if program.level != "fx":
             raise SlimcError("per-group(...) needs a PyTorch model (channel groups are found on the FX graph).")
         before = []
@@ -227,7 +231,8 @@ def _baseline(task: TrialTask, space: SearchSpace, store: TrialStore, resume: bo
         return old
     text = space.lossless_text()
     # Relative budgets hang on this one measurement: time it longer than a trial.
-    out = run_trial(replace(task, benchmark_iters=max(3 * task.benchmark_iters, 30)), text or [])
+    longer = replace(task.report, benchmark_iters=max(3 * task.report.benchmark_iters, 30))
+    out = run_trial(replace(task, report=longer), text or [])
     if out["metrics"] is None:
         if needed:
             raise SlimcError(f"the dense model (pipeline '{text}') failed, so a relative budget cannot be "
@@ -238,16 +243,20 @@ def _baseline(task: TrialTask, space: SearchSpace, store: TrialStore, resume: bo
     return baseline
 
 
-def search(model, pipeline: str, example_inputs=None, *, input_shapes: Sequence[str] | None = None,
-           dynamic_batch: bool = False, leaf_modules: Sequence = (), backend: str = "onnxruntime",
-           backend_options: dict | None = None,
+def search(model, pipeline: str, example_inputs=None, *, inputs: InputOptions | None = None,
+           backend: BackendSpec | str = "onnxruntime", report: ReportOptions | None = None,
            eval: str | Callable | None = None, latency_budget: str | float | None = None,
            macs_budget: str | float | None = None, min_score: float | None = None, trials: int | None = None,
            algo: str = "tpe", store: str | Path | None = None, resume: bool = False, spark: str | None = None,
            parallelism: int | None = None, trial_timeout: float | None = None, seed: int = 0,
-           fidelity_samples: int = 16, benchmark_iters: int = 20, progress: bool = True) -> SearchResult:
+           progress: bool = True, input_shapes: Sequence[str] | None = None,
+           fidelity_samples: int | None = None, benchmark_iters: int | None = None) -> SearchResult:
     """Search the distributions written in `pipeline` (see slimc.search.space) with Hyperopt.
 
+    inputs, backend, report: the options objects of every trial's compile (slimc.InputOptions,
+                     slimc.BackendSpec or a backend name, slimc.ReportOptions: fidelity_samples for the
+                     score, benchmark_iters timed runs per trial; default 16 and 20). Shorthands:
+                     input_shapes -> inputs; fidelity_samples, benchmark_iters -> report.
     eval:            'file.py:fn' or fn(artifact) -> float (higher is better); default: fidelity to
                      the original model (top-1 agreement for classifiers, cosine otherwise)
     latency_budget:  ms ('12.5') or a ratio of the dense model ('0.5x'); macs_budget likewise ('300M', '0.5x')
@@ -257,23 +266,32 @@ def search(model, pipeline: str, example_inputs=None, *, input_shapes: Sequence[
     store:           run folder (trials.jsonl, best.txt, pareto.png, summary.md); resume=True continues it
     spark:           a Spark master ('local[2]', 'spark://host:7077') to run trials through SparkTrials
     trial_timeout:   seconds; a trial running longer is stopped (it runs in its own process) and recorded
+    seed:            Hyperopt's seed; also the trials' model-creation seed unless `inputs` sets one
     """
+    inputs = with_shorthands(inputs or InputOptions(seed=seed), shapes=input_shapes)
+    report = with_shorthands(report or TRIAL_REPORT, fidelity_samples=fidelity_samples, benchmark_iters=benchmark_iters)
+    backend = BackendSpec.coerce(backend)
     stamp = datetime.now(timezone.utc).strftime("search-%Y%m%d-%H%M%S")
     folder = Path(store) if store is not None else Path("runs") / stamp
+    check_search_run(model, folder, inputs=[("--eval", eval)] if isinstance(eval, str) else ())
     st = TrialStore(folder)
     if trials is None:
-        trials = int((st.load_meta() or {}).get("trials") or 50) if resume else 50
+        stored = (st.load_meta() or {}).get("trials") if resume else None
+        trials = stored if isinstance(stored, int) and not isinstance(stored, bool) else 50
     if trials < 1:
         raise SlimcError("--trials must be at least 1.")
+    _check_numbers(0, trial_timeout=trial_timeout, parallelism=parallelism)
+    _check_numbers(-1, benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
+    from ..backend.base import get_backend
+
+    if backend.name:
+        get_backend(backend.name, **dict(backend.options))  # a bad option fails once now, not in every trial
     if algo not in ALGORITHMS:
         raise SlimcError(f"unknown search algorithm '{algo}'{closest(algo, ALGORITHMS)}. "
                          f"Known: {', '.join(ALGORITHMS)}.")
     constraints = Constraints.parse(latency_budget, macs_budget, min_score)
-    task = TrialTask.with_sources(
-        model=model, input_shapes=tuple(input_shapes) if input_shapes else None, example_inputs=example_inputs,
-        dynamic_batch=dynamic_batch, leaf_modules=tuple(leaf_modules), backend=backend,
-        backend_options=dict(backend_options or {}), eval=eval,
-        fidelity_samples=fidelity_samples, benchmark_iters=benchmark_iters, timeout=trial_timeout)
+    task = TrialTask.with_sources(model=model, example_inputs=example_inputs, inputs=inputs, backend=backend,
+                                  report=report, eval=eval, timeout=trial_timeout)
     if isinstance(eval, str):
         from .objective import load_callable
 
@@ -286,35 +304,47 @@ def search(model, pipeline: str, example_inputs=None, *, input_shapes: Sequence[
         trials = min(trials, space.grid_size())
     suggest = _suggest(algo, space, trials)
     meta = {"model": model if isinstance(model, str) else type(model).__name__, "pipeline": pipeline,
-            "dimensions": [d.label for d in space.dimensions], "input_shapes": list(input_shapes or []),
-            "backend": backend, "objective": f"eval {eval}" if isinstance(eval, str) else
+            "dimensions": [d.label for d in space.dimensions], "input_shapes": list(inputs.shapes or []),
+            "backend": backend.name, "objective": f"eval {eval}" if isinstance(eval, str) else
             ("eval (Python callable)" if eval else "fidelity to the original model"),
             "constraints": constraints.as_dict(), "algo": algo, "trials": trials, "seed": seed,
             "spark": spark, "started": utc_now()}
     records = sorted(st.open(meta, resume), key=lambda r: r["id"])
-    baseline = _baseline(task, space, st, resume, constraints.needs_baseline)
-    hyper_trials = _make_trials(spark, parallelism)
-    rebuild_trials(records, hyper_trials)
-    remaining = trials - len(records)
-    from tqdm.auto import tqdm
+    try:  # the store is locked from open to here: one search writes it at a time
+        baseline = _baseline(task, space, st, resume, constraints.needs_baseline)
+        hyper_trials = _make_trials(spark, parallelism)
+        rebuild_trials(records, hyper_trials)
+        remaining = trials - len(records)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=max(trials, len(records)), initial=len(records), unit="trial", desc="search",
-               disable=not progress, dynamic_ncols=True)
-    recorder = _Recorder(st, records, bar)
-    # SparkTrials calls the hook only when a trial succeeds: poll too, so failures are stored at once.
-    poller = _Poller(recorder, hyper_trials) if spark else None
-    try:
-        if remaining > 0:
-            _run_fmin(_Objective(task, space, constraints, baseline), space, suggest, trials, hyper_trials,
-                      recorder, seed + len(records), spark is not None)
+        bar = tqdm(total=max(trials, len(records)), initial=len(records), unit="trial", desc="search",
+                   disable=not progress, dynamic_ncols=True)
+        recorder = _Recorder(st, records, bar)
+        # SparkTrials calls the hook only when a trial succeeds: poll too, so failures are stored at once.
+        poller = _Poller(recorder, hyper_trials) if spark else None
+        try:
+            if remaining > 0:
+                _run_fmin(_Objective(task, space, constraints, baseline), space, suggest, trials, hyper_trials,
+                          recorder, seed + len(records), spark is not None)
+        finally:
+            if poller:
+                poller.stop()
+            recorder(hyper_trials)
+            bar.close()
+            records.sort(key=lambda r: r["id"])
+            notes = write_reports(folder, records, meta, baseline)
+        notes = st.notes + notes
     finally:
-        if poller:
-            poller.stop()
-        recorder(hyper_trials)
-        bar.close()
-        records.sort(key=lambda r: r["id"])
-        notes = write_reports(folder, records, meta, baseline)
+        st.close()
     return SearchResult(folder, space, records, best_record(records), baseline, notes)
+
+
+def _check_numbers(above: int, **values) -> None:
+    """Counts and times must be greater than `above` (None: not given); checked before any work."""
+    for name, value in values.items():
+        if value is not None and not value > above:  # `not >` also catches NaN
+            flag = "--" + name.replace("_", "-")
+            raise SlimcError(f"{flag} {value} must be {'greater than 0' if above == 0 else 'at least 0'}.")
 
 
 def _make_trials(spark: str | None, parallelism: int | None):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+from typing import ClassVar
 
 import numpy as np
 import onnx
@@ -155,7 +156,14 @@ def test_compile_factory_to_onnxruntime(cli, tmp_path, models_py):
     rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "2x3x8x8", "-o", tmp_path / "out",
                        "--report", tmp_path / "r.json", "--verify-each", "--benchmark", "2")
     assert rc == 0, err
-    assert out.startswith("pipeline: fuse-bn,to-onnx{")
+    lines = out.splitlines()
+    # the table streams first, one row per pass (with --verify-each's verdict), then the summary
+    assert lines[0].split() == ["#", "pass", "level", "seconds", "changed", "params", "MACs", "nodes", "check"]
+    rows = [ln.split() for ln in lines[2:5]]
+    assert [r[1] for r in rows] == ["fuse-bn", "to-onnx", "simplify"] and all(r[-2] == "ok" for r in rows)
+    assert lines[5].split() == ["(fidelity)", "ok"]
+    assert lines[6].startswith("pipeline: fuse-bn,to-onnx{")
+    assert "(seed 0)" in out
     assert "fidelity vs original" in out and "latency on onnxruntime" in out
     assert f"artifact (onnxruntime): {tmp_path / 'out' / 'model.onnx'}" in out
     report = json.loads((tmp_path / "r.json").read_text())
@@ -337,4 +345,101 @@ def test_misc_usage_errors(cli, tmp_path, models_py, dup_onnx):
     rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--backend-option", "threads")
     assert_user_error(rc, err, "'threads' is not KEY=VALUE")
     rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--backend-option", "threads=abc")
-    assert_user_error(rc, err, "threads='abc' is not a whole number")
+    assert_user_error(rc, err, "option 'threads' of backend 'onnxruntime' expects an integer, got 'abc'")
+
+
+# ---- print-pipeline exits, file locations, streamed table, seed, fidelity failures ----------------
+
+def test_print_pipeline_prints_the_lowered_pipeline_and_exits(cli, tmp_path, models_py):
+    rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--pipeline", "fuse-bn,simplify",
+                       "--print-pipeline", "-o", tmp_path / "never")
+    assert rc == 0, err
+    assert out.splitlines() == [slimc.Pipeline.parse("fuse-bn,to-onnx,simplify").print()]
+    assert not (tmp_path / "never").exists()  # nothing compiled, nothing written
+    rc, out, err = cli("opt", f"{models_py}:tiny", "--pipeline", "fuse-bn", "--print-pipeline")
+    assert rc == 0 and out.strip() == "fuse-bn"  # opt needs no -o to print
+
+
+def test_pipeline_file_errors_name_the_file_line_and_column(cli, tmp_path, models_py):
+    pf = tmp_path / "p.txt"
+    pf.write_text("# deploy\nfuse-bn\n  simplfy{check-n=0}\n")
+    rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--pipeline-file", pf)
+    assert_user_error(rc, err, f"{pf}, line 3, column 3", "did you mean 'simplify'")
+    assert "pipeline text, column" not in err
+    pf.write_text("fuse-bn\nsimplify{check-n=}\n")
+    rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--pipeline-file", pf)
+    assert_user_error(rc, err, f"{pf}, line 2, column 18", "missing option value")
+    assert "  simplify{check-n=}\n  " + " " * 17 + "^" in err
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScaleWeights(slimc.Pass):
+    """Claims to be lossless but scales every weight."""
+
+    name: ClassVar[str] = "test-cli-scale-weights"
+    level: ClassVar[str] = "fx"
+
+    def apply(self, program):
+        import copy
+
+        import torch
+
+        from slimc.passes.registry import PassResult
+
+        gm = copy.deepcopy(program.ir)
+        with torch.no_grad():
+            for p in gm.parameters():
+                p.mul_(1.5)
+        return PassResult(program.with_ir(gm), True)
+
+
+def test_verify_each_failure_shows_in_the_table(cli, tmp_path, models_py):
+    from support import temporary_pass
+
+    with temporary_pass(_ScaleWeights):
+        rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--verify-each",
+                           "--pipeline", "fuse-bn,test-cli-scale-weights,to-onnx")
+    assert_user_error(rc, err, "'test-cli-scale-weights' (#2) is lossless but changed the outputs")
+    rows = [ln.split() for ln in out.splitlines()[2:]]
+    assert rows[0][1] == "fuse-bn" and rows[0][-2] == "ok"
+    assert rows[1][1] == "test-cli-scale-weights" and rows[1][-1] == "FAILED"
+
+
+def test_seed_flag_is_reported(cli, tmp_path, models_py):
+    rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--seed", "7",
+                       "--report", tmp_path / "r.json")
+    assert rc == 0, err
+    assert "(seed 7)" in out and json.loads((tmp_path / "r.json").read_text())["seed"] == 7
+
+
+@pytest.mark.parametrize("name", ["test_constantofshape_int_shape_zero",
+                                  "test_reduce_sum_square_negative_axes_keepdims_example"])
+def test_compile_onnx_node_cases_with_index_inputs(cli, tmp_path, name):
+    import warnings
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        case = next(c for c in collect_testcases(None) if c.name == name)
+    path = tmp_path / f"{name}.onnx"
+    onnx.save(case.model, path)
+    rc, out, err = cli("compile", path, "--pipeline", "simplify", "--report", tmp_path / "r.json")
+    assert rc == 0, err
+    assert "fidelity vs original" in out and "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["fidelity"]["ok"] is True
+
+
+def test_nan_after_to_fp16_fails_with_exit_code_3(cli, tmp_path):
+    scale = helper.make_tensor("scale", onnx.TensorProto.FLOAT, [1], [1e5])
+    model = make_onnx([helper.make_node("Mul", ["x", "scale"], ["y"])], [("x", [2, 8])], [("y", [2, 8])], [scale])
+    path = tmp_path / "overflow.onnx"
+    onnx.save(model, path)
+    rc, out, err = cli("compile", path, "--pipeline", "to-fp16")
+    assert rc == 3
+    assert "fidelity FAILED" in out and "NaN or Inf" in out
+    assert [ln.split() for ln in out.splitlines() if "(fidelity)" in ln] == [["(fidelity)", "FAILED"]]
+    rc, out, err = cli("opt", path, "--pipeline", "to-fp16", "-o", tmp_path / "o.onnx")
+    assert rc == 3 and "fidelity FAILED" in out
+    rc, out, err = cli("compile", path, "--pipeline", "simplify")
+    assert rc == 0, err

@@ -157,7 +157,7 @@ def test_verify_each_through_compile_and_cli(tmp_path, cli, tiny_cnn, tiny_input
     with temporary_pass(_BrokenLossless):
         with pytest.raises(SlimcError, match="test-manager-broken-lossless"):
             slimc.compile(tiny_cnn, tiny_input, pipeline="test-manager-broken-lossless", backend=None,
-                          verify_each=True, fidelity_samples=0)
+                          instrumentation=Instrumentation(verify_each=True), fidelity_samples=0)
         f = tmp_path / "tiny.py"
         f.write_text("import support\n\ndef make():\n    return support.randomize_bn(support.TinyCNN())\n")
         rc, out, err = cli("opt", f"{f}:make", "--input-shape", "1x3x8x8", "--pipeline",
@@ -218,7 +218,7 @@ def test_crashing_onnx_pass_writes_a_reproducer_that_replays(tmp_path, cli, expl
 
         # replay: still failing while the bug is there, through the CLI with a clean error
         argv = _replay_argv(msg)
-        rc, out, err = cli(*argv, "--print-pipeline")
+        rc, out, err = cli(*argv)
         assert rc == 2 and "slimc: error:" in err and "boom in the onnx pass" in err
         # ... and runs through once the pass is fixed
         explode["on"] = False
@@ -312,7 +312,7 @@ def test_dump_ir_changed_only_skips_passes_that_changed_nothing(tmp_path, tiny_c
     pipeline = Pipeline.parse("fuse-bn,fuse-bn,to-onnx,eliminate-dead")
     final, records = PassManager(pipeline, Instrumentation(dump_ir=dump, dump_ir_changed_only=True)).run(program)
     assert [r.changed for r in records] == [True, False, True, False]
-    stems = {p.name.split(".")[0] for p in dump.iterdir()}
+    stems = {p.name.split(".")[0] for p in dump.iterdir() if not p.name.startswith(".")}
     assert stems == {"00-input", "01-fuse-bn", "03-to-onnx"}
 
 
@@ -334,3 +334,88 @@ def test_records_and_progress_callback(tiny_cnn, tiny_input):
     assert set(d) >= {"name", "level", "lossless", "seconds", "changed", "stats", "details"}
     assert final.level == "onnx" and program.level == "fx"
     assert bn_modules(program.ir) == ["bn1", "bn2"]  # the input program is untouched
+
+
+# ---- lowering, every lossless pass verified, failures in the table, parameter growth ------------
+
+@dataclass(frozen=True)
+class _SilentLossless(slimc.Pass):
+    """Claims to be lossless and to change nothing, but scales every weight (a wrong `changed`)."""
+
+    name: ClassVar[str] = "test-manager-silent-lossless"
+    level: ClassVar[str] = "onnx"
+
+    def apply(self, program):
+        from onnx import numpy_helper
+
+        model = copy.deepcopy(program.ir)
+        for i, t in enumerate(model.graph.initializer):
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5, t.name))
+        return PassResult(program.with_ir(model), False)
+
+
+@dataclass(frozen=True)
+class _CopyWeight(slimc.Pass):
+    """Lossless, but gives the first node's weight its own copy (more parameters, same function)."""
+
+    name: ClassVar[str] = "test-manager-copy-weight"
+    level: ClassVar[str] = "onnx"
+
+    def apply(self, program):
+        model = copy.deepcopy(program.ir)
+        init = {t.name: t for t in model.graph.initializer}
+        node = next(n for n in model.graph.node if any(i in init for i in n.input))
+        slot = next(k for k, i in enumerate(node.input) if i in init)
+        twin = copy.deepcopy(init[node.input[slot]])
+        twin.name = node.input[slot] + "_copy"
+        model.graph.initializer.append(twin)
+        node.input[slot] = twin.name
+        return PassResult(program.with_ir(model), True)
+
+
+def test_the_pass_manager_lowers_by_itself(tiny_cnn, tiny_input):
+    program = program_of(tiny_cnn, tiny_input)
+    pm = PassManager(Pipeline.parse("fuse-bn,simplify"))
+    assert pm.lowered_for(program).print().startswith("fuse-bn,to-onnx{opset=17 ")
+    final, records = pm.run(program)
+    assert [r.name for r in records] == ["fuse-bn", "to-onnx", "simplify"]
+    assert final.level == "onnx"
+    xs = fresh_inputs(program)
+    assert_outputs_close(program.run(xs), final.run(xs), rel=1e-4)
+    # an FX pass after the program became ONNX is refused before anything runs
+    with pytest.raises(SlimcError, match="already ONNX"):
+        PassManager(Pipeline.parse("simplify,fuse-bn")).run(program)
+    # end_level='onnx' lowers at the end, too
+    _, records = PassManager(Pipeline.parse("fuse-bn"), end_level="onnx").run(program)
+    assert [r.name for r in records] == ["fuse-bn", "to-onnx"]
+
+
+def test_verify_each_checks_a_lossless_pass_that_says_it_changed_nothing(tiny_cnn, tiny_input):
+    program = program_of(tiny_cnn, tiny_input)
+    seen = []
+    with temporary_pass(_SilentLossless):
+        pm = PassManager(Pipeline.parse("to-onnx,test-manager-silent-lossless"),
+                         Instrumentation(verify_each=True, on_pass=seen.append))
+        with pytest.raises(VerificationError, match="'test-manager-silent-lossless' \\(#2\\) is lossless"):
+            pm.run(program)
+    # the failing pass reached the progress callback (the CLI's table row) before the error
+    assert [r.name for r in seen] == ["to-onnx", "test-manager-silent-lossless"]
+    assert seen[0].verified is True and seen[1].verified is False
+    assert seen[1].as_dict()["verified"] is False
+
+
+def test_a_lossless_pass_that_grows_the_parameters_is_flagged(tiny_cnn, tiny_input):
+    program = program_of(tiny_cnn, tiny_input)
+    with temporary_pass(_CopyWeight):
+        _, records = PassManager(Pipeline.parse("to-onnx,test-manager-copy-weight")).run(program)
+    grown = records[1]
+    assert grown.stats.params > records[0].stats.params
+    assert grown.warnings and "grew the parameters" in grown.warnings[0]
+    assert "warnings" in grown.as_dict() and not records[0].warnings
+
+
+def test_progress_bar_names_the_running_pass(tiny_cnn, tiny_input, capsys):
+    program = program_of(tiny_cnn, tiny_input)
+    PassManager(Pipeline.parse("fuse-bn,to-onnx"), Instrumentation(progress=True)).run(program)
+    err = capsys.readouterr().err
+    assert "to-onnx" in err and "pass" in err

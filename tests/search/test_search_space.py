@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import slimc
 from slimc.errors import SlimcError
 from slimc.passes.pipeline import Pipeline
 from slimc.search.space import SearchSpace, is_distribution
@@ -78,7 +79,7 @@ def test_per_group_on_a_real_model(tmp_path):
 
     spec = write_tiny_cnn(tmp_path)
     space = build_space("fuse-bn,prune-channels{ratios=per-group(uniform(0,0.8)) round-to=1},to-onnx",
-                        TrialTask(spec, ("1x3x32x32",)))
+                        TrialTask(spec, inputs=slimc.InputOptions(shapes=("1x3x32x32",))))
     labels = [d.label for d in space.dimensions]
     assert labels and all(lb.startswith("prune-channels.ratios[") for lb in labels)
     assert len(labels) >= 2  # the tiny CNN has several independent conv groups
