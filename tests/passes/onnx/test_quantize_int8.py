@@ -146,6 +146,9 @@ def test_qdq_placement_per_channel_scales_and_numbers(calib_file):
     assert not any(i.data_type == onnx.TensorProto.FLOAT and i.name.endswith("weight") for i in q.graph.initializer)
     d = res.report["passes"][-1]["details"]
     assert d["calibration"] == "loader" and d["samples"] == 8 and d["int8_layers"] == 3 and d["float_layers"] == []
+    stats = res.report["passes"][-1]["stats"]
+    assert stats["params"] == res.report["passes"][-2]["stats"]["params"]  # int8 weights still count, scales do not
+    assert stats["macs"] == res.report["passes"][-2]["stats"]["macs"]
     x = _fresh()  # fresh inputs the calibration never saw
     ref, got = _run(dense, x)[0], _run(q, x)[0]
     assert output_error([[ref]], [[got]]) < 0.03
