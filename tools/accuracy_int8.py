@@ -90,7 +90,7 @@ def held_out(count: int) -> np.ndarray:
 # ---- model ---------------------------------------------------------------------------------------
 
 def run(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    from slimc.backend.onnxruntime import session_for
+    from slimc.ir.ort_session import session_for
 
     sess = session_for(model)
     name = sess.get_inputs()[0].name

@@ -113,7 +113,7 @@ def _fresh(seed=99, n=8):
 
 
 def _run(model, x):
-    from slimc.backend.onnxruntime import session_for
+    from slimc.ir.ort_session import session_for
 
     sess = session_for(model)
     return sess.run(None, {sess.get_inputs()[0].name: x})
