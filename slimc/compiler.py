@@ -106,8 +106,8 @@ def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
 def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DEFAULT_PIPELINE,
             backend: BackendSpec | str | None = "onnxruntime", *, inputs: InputOptions | None = None,
             instrumentation: Instrumentation | None = None, report: ReportOptions | None = None,
-            input_shapes: Sequence[str] | None = None, leaf_modules: Sequence | None = None,
-            seed: int | None = None, backend_options: dict | None = None, output_dir: str | Path | None = None,
+            input_shapes: Sequence[str] | None = None, dynamic_batch: bool | None = None,
+            leaf_modules: Sequence | None = None, seed: int | None = None, backend_options: dict | None = None, output_dir: str | Path | None = None,
             fidelity_samples: int | None = None, benchmark_iters: int | None = None) -> CompileResult:
     """Compile a model through a pass pipeline to a backend.
 
@@ -121,11 +121,12 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     backend: 'onnxruntime', 'torch', ... (or a BackendSpec with options), None for no artifact (the IR only).
     inputs, instrumentation, report: the options objects (slimc.InputOptions, slimc.Instrumentation,
         slimc.ReportOptions). The keyword shorthands below set one field of one of them (given beside
-        the object, the shorthand wins): input_shapes, leaf_modules, seed -> inputs; backend_options ->
+        the object, the shorthand wins): input_shapes, dynamic_batch, leaf_modules, seed -> inputs; backend_options ->
         backend; output_dir, fidelity_samples, benchmark_iters -> report.
     """
     started = time.perf_counter()
-    inputs = with_shorthands(inputs or InputOptions(), shapes=input_shapes, leaf_modules=leaf_modules, seed=seed)
+    inputs = with_shorthands(inputs or InputOptions(), shapes=input_shapes, dynamic_batch=dynamic_batch,
+                             leaf_modules=leaf_modules, seed=seed)
     report_opts = with_shorthands(report or ReportOptions(), output_dir=output_dir, fidelity_samples=fidelity_samples,
                         benchmark_iters=benchmark_iters)
     target_spec = BackendSpec.coerce(backend, backend_options)
