@@ -77,6 +77,8 @@ def retie_transposed(model, pairs: list[tuple[str, str]]) -> None:
     """In place: each (copy, original) initializer pair becomes `copy = Transpose(original)`."""
     from onnx import helper
 
+    if not pairs:  # rebuilding the initializer list would copy every weight
+        return
     g = model.graph
     dropped = {name for name, _ in pairs}
     kept = [t for t in g.initializer if t.name not in dropped]
