@@ -13,7 +13,7 @@ from .compiler import CompileResult, compile, load_program
 from .errors import SlimcError
 from .finetune import FinetuneConfig, FinetuneResult, finetune
 from .ir.program import Program
-from .options import BackendSpec, InputOptions, ReportOptions
+from .compile_options import BackendSpec, InputOptions, ReportOptions
 from .passes.manager import Instrumentation, PassManager
 from .passes.pipeline import Pipeline
 from .passes.registry import Pass, PassResult, register_pass, registered_passes

@@ -19,7 +19,7 @@ from .ir.onnx_io import write_json
 from .ir.program import Program
 from .ir.runner import run_ir
 from .ir.stats import stats_of
-from .options import BackendSpec, InputOptions, ReportOptions, with_shorthands
+from .compile_options import BackendSpec, InputOptions, ReportOptions, with_shorthands
 from .passes.manager import Instrumentation, PassManager, PassRecord
 from .passes.pipeline import Pipeline
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from ..errors import SlimcError, closest
+from ..options import build_options, describe_options
 
 __all__ = [
     "Artifact",
@@ -23,6 +24,11 @@ __all__ = [
     "register_backend",
     "get_backend",
     "backend_names",
+    "backend_options",
+    "parse_backend_options",
+    "NoOptions",
+    "input_list",
+    "as_numpy",
     "time_calls",
 ]
 
@@ -61,13 +67,59 @@ def time_calls(fn: Callable[[], Any], warmup: int = 5, iters: int = 30) -> Bench
     return BenchmarkResult(statistics.median(times), p90, statistics.fmean(times), iters)
 
 
+def _is_tensor(x) -> bool:
+    # Duck-typed so that numpy-only callers never import torch.
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def input_list(inputs) -> list:
+    """The model inputs as a list: one array or tensor becomes a one-element list.
+
+    Accepted: a numpy array or torch tensor (a model with one input), or a list/tuple of them
+    (one per model input, in the model's input order). Elements stay what they were.
+    """
+    if isinstance(inputs, np.ndarray) or _is_tensor(inputs):
+        return [inputs]
+    if isinstance(inputs, (list, tuple)):
+        bad = [type(x).__name__ for x in inputs if not (isinstance(x, (np.ndarray, np.generic)) or _is_tensor(x))]
+        if not bad:
+            return list(inputs)
+        what = f"a list holding {', '.join(sorted(set(bad)))}"
+    else:
+        what = type(inputs).__name__
+    raise SlimcError(f"artifact.run takes a numpy array or torch tensor, or a list of them (one per model input, "
+                     f"in the model's input order); got {what}.")
+
+
+def as_numpy(x) -> np.ndarray:
+    """A numpy array of an array or a torch tensor (any device; bfloat16 as float32, numpy has none)."""
+    if _is_tensor(x):
+        t = x.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    return np.asarray(x)
+
+
 class Artifact:
-    """A compiled model: run it, save it, time it. Also a context manager that frees the runtime."""
+    """A compiled model: run it, save it, time it. Also a context manager that frees the runtime.
+
+    Example::
+
+        outputs = artifact.run(torch.randn(1, 3, 224, 224))     # or [array], or (ids, mask)
+        # -> [np.ndarray, ...], one per model output
+    """
 
     backend: ClassVar[str] = ""
     path: str | None = None
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - abstract
+    def run(self, inputs) -> list[np.ndarray]:
+        """Run the model once. `inputs`: a numpy array or torch tensor (one-input models), or a list or
+        tuple of them, one per model input. Returns a list of numpy arrays, one per model output."""
+        return [np.asarray(o) for o in self._run(input_list(inputs))]
+
+    def _run(self, inputs: list) -> list:  # pragma: no cover - abstract
+        """Backends run here: `inputs` is a list of numpy arrays or torch tensors (`as_numpy` converts)."""
         raise NotImplementedError
 
     def save(self, path) -> str:  # pragma: no cover - abstract
@@ -97,17 +149,30 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """The options of a backend that takes none."""
+
+
+@dataclass(frozen=True)
 class Backend:
     """A named way to turn the final program into an Artifact.
 
     consumes: the IR level the backend needs ('onnx' or 'fx'); the pipeline is lowered to it.
     extra:    the pip extra that installs its runtime, named in the error when it is missing.
+    Options:  the frozen dataclass of its options; `options` (a dict of texts or Python values, names
+              in kebab- or snake_case, or an Options instance) is checked and converted when the
+              backend is made, so a bad option fails before any pass runs.
     """
 
     name: ClassVar[str] = ""
     consumes: ClassVar[str] = "onnx"
     extra: ClassVar[str | None] = None
-    options: dict = field(default_factory=dict)
+    Options: ClassVar[type] = NoOptions
+    options: Any = None
+
+    def __post_init__(self):
+        if not isinstance(self.options, self.Options):
+            object.__setattr__(self, "options", parse_backend_options(type(self), self.options))
 
     def available(self) -> bool:
         return True
@@ -146,11 +211,32 @@ def backend_names() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def get_backend(name: str, **options) -> Backend:
-    """The backend called `name`, configured with `options` (backend-specific keys)."""
+def _backend_class(name: str) -> type[Backend]:
     _load_builtin_backends()
     if name not in _BACKENDS:
         raise SlimcError(
             f"unknown backend '{name}'{closest(name, _BACKENDS)}. Known backends: {', '.join(sorted(_BACKENDS))}."
         )
-    return _BACKENDS[name](options=dict(options))
+    return _BACKENDS[name]
+
+
+def parse_backend_options(cls: type[Backend], raw) -> Any:
+    """`raw` (a dict of texts or values, or None) as the backend's Options; SlimcError on any bad option."""
+    return build_options(cls.Options, raw or {}, f"backend '{cls.name}'", with_types=True)
+
+
+def get_backend(name: str, **options) -> Backend:
+    """The backend called `name` with its options checked (kebab- or snake_case keys, texts or values).
+
+    Every option is validated here, so `compile` fails on a bad one before any pass runs::
+
+        get_backend("onnxruntime", threads=2, optimization="basic")
+        get_backend("tensorrt", **{"dynamic-batch": "1:8:32"})
+    """
+    return _backend_class(name)(options=dict(options))
+
+
+def backend_options(name: str | None = None) -> dict[str, list[dict]]:
+    """{backend: [{name, type, default}]} for listings (`slimc passes`-style), of one backend or all."""
+    names = [name] if name else backend_names()
+    return {n: describe_options(_backend_class(n).Options) for n in names}

@@ -2,55 +2,41 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
 
 from ..errors import SlimcError
-from ..ir.onnx_io import fits_protobuf, save_onnx, write_json
-from .base import Artifact, Backend, register_backend
+from ..ir.onnx_io import save_onnx, write_json
+from ..ir.ort_session import session_for
+from .base import Artifact, Backend, as_numpy, register_backend
 
-__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "session_for"]
-
-_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-           "all": "ORT_ENABLE_ALL"}
+__all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "OnnxRuntimeOptions", "session_for"]
 
 
-def _session_options(threads: int = 0, optimization: str = "all"):
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """What the `onnxruntime` backend accepts (`--backend-option threads=2`).
 
-    if optimization not in _LEVELS:
-        raise SlimcError(f"onnxruntime optimization level '{optimization}' is not one of {', '.join(_LEVELS)}.")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
-    if threads:
-        try:
-            so.intra_op_num_threads = int(threads)
-        except (TypeError, ValueError):
-            raise SlimcError(f"onnxruntime option threads={threads!r} is not a whole number "
-                             "(0 = ONNX Runtime's default).") from None
-    so.log_severity_level = 3
-    return so
+    threads:      intra-op threads, 0 = ONNX Runtime's default
+    optimization: graph optimization level of the session
+    providers:    execution providers, in order of preference
+    """
 
+    threads: int = 0
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
-def session_for(model, threads: int = 0, optimization: str = "all", providers: Sequence[str] = ("CPUExecutionProvider",)):
-    """An InferenceSession for an in-memory ModelProto (through a temp file when over 2 GiB)."""
-    import onnxruntime as ort
+    def __post_init__(self):
+        if self.threads < 0:
+            raise ValueError(f"threads={self.threads} must be 0 (ONNX Runtime's default) or more")
+        if not self.providers:
+            raise ValueError("providers needs at least one execution provider, e.g. CPUExecutionProvider")
 
-    so = _session_options(threads, optimization)
-    try:
-        if fits_protobuf(model):
-            return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
-        with tempfile.TemporaryDirectory(prefix="slimc-ort-") as tmp:
-            path = save_onnx(model, os.path.join(tmp, "model.onnx"), external_data=True)
-            return ort.InferenceSession(str(path), so, providers=list(providers))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SlimcError(f"ONNX Runtime cannot load this model: {first}") from None
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "optimization": self.optimization, "providers": list(self.providers)}
 
 
 def _dtype(ort_type: str):
@@ -65,16 +51,17 @@ class OnnxRuntimeArtifact(Artifact):
 
     backend: ClassVar[str] = "onnxruntime"
 
-    def __init__(self, model, threads: int = 0, optimization: str = "all", providers=("CPUExecutionProvider",)):
+    def __init__(self, model, options: OnnxRuntimeOptions | None = None):
         self.model = model
-        self.options = {"threads": threads, "optimization": optimization, "providers": list(providers)}
-        self.session = session_for(model, threads, optimization, providers)
+        self.options = options or OnnxRuntimeOptions()
+        o = self.options
+        self.session = session_for(model, o.threads, o.optimization, o.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, inputs: list) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
             raise SlimcError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), got {len(inputs)}.")
-        return self.session.run(None, dict(zip(self.input_names, inputs)))
+        return self.session.run(None, {n: as_numpy(x) for n, x in zip(self.input_names, inputs)})
 
     def sample_inputs(self, batch: int = 1) -> list[np.ndarray]:
         rng = np.random.default_rng(0)
@@ -96,7 +83,7 @@ class OnnxRuntimeArtifact(Artifact):
     def describe(self) -> dict:
         import onnxruntime as ort
 
-        return {"backend": self.backend, "onnxruntime": ort.__version__, **self.options}
+        return {"backend": self.backend, "onnxruntime": ort.__version__, **self.options.as_dict()}
 
     def save(self, path) -> str:
         """`path` (.onnx; external `.data` beside it when over 2 GiB) plus `path.json` with session options."""
@@ -112,20 +99,13 @@ class OnnxRuntimeArtifact(Artifact):
 @register_backend
 @dataclass(frozen=True)
 class OnnxRuntimeBackend(Backend):
-    """Options: threads (intra-op, 0 = ORT's default), optimization (disable|basic|extended|all), providers."""
+    """ONNX Runtime on the CPU by default. Options: see OnnxRuntimeOptions."""
 
     name: ClassVar[str] = "onnxruntime"
     consumes: ClassVar[str] = "onnx"
     extra: ClassVar[str | None] = None
+    Options: ClassVar[type] = OnnxRuntimeOptions
 
     def build(self, program) -> OnnxRuntimeArtifact:
         self.require("onnxruntime")
-        opts = dict(self.options)
-        unknown = set(opts) - {"threads", "optimization", "providers"}
-        if unknown:
-            raise SlimcError(f"unknown onnxruntime option(s): {', '.join(sorted(unknown))}; "
-                             "known: threads, optimization, providers.")
-        providers = opts.pop("providers", ("CPUExecutionProvider",))
-        if isinstance(providers, str):
-            providers = providers.split(",")
-        return OnnxRuntimeArtifact(program.ir, providers=tuple(providers), **opts)
+        return OnnxRuntimeArtifact(program.ir, self.options)

@@ -1,6 +1,6 @@
 """OpenVINO: the final ONNX converted to an OpenVINO model and compiled for an Intel device (CPU by default).
 
-Options (all optional; `--backend-option key=value` on the command line):
+Options (all optional; `--backend-option key=value` on the command line, kebab- or snake_case names):
 
     device            OpenVINO device name, default 'CPU'
     hint              performance hint: LATENCY (default) | THROUGHPUT | CUMULATIVE_THROUGHPUT
@@ -8,8 +8,8 @@ Options (all optional; `--backend-option key=value` on the command line):
     streams           execution streams, 0 = what the hint picks
     precision         inference precision: auto (default) | f32 | f16 | bf16; 'auto' keeps an fp32 graph
                       in f32 (OpenVINO's CPU default may be bf16 on AMX/AVX512-BF16 machines, which is lossy)
-    cache_dir         OpenVINO model cache directory (compiled blobs are reused across runs)
-    compress_to_fp16  store weights as fp16 in the saved IR (default false: lossless)
+    cache-dir         OpenVINO model cache directory (compiled blobs are reused across runs)
+    compress-to-fp16  store weights as fp16 in the saved IR (default false: lossless)
 
 Example::
 
@@ -25,82 +25,47 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from ..errors import SlimcError, closest
+from ..errors import SlimcError, first_line
 from ..ir.onnx_io import save_onnx
-from .base import Artifact, Backend, register_backend
+from .base import Artifact, Backend, as_numpy, parse_backend_options, register_backend
 
 __all__ = ["OpenVinoBackend", "OpenVinoArtifact", "OpenVinoOptions", "KNOWN_OPTIONS"]
 
-KNOWN_OPTIONS = ("device", "hint", "threads", "streams", "precision", "cache_dir", "compress_to_fp16")
-_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
-_PRECISIONS = {"auto": None, "f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "bf16": "bf16"}
-
-
-def _as_bool(key: str, value) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise SlimcError(f"openvino option {key}={value!r} is not a boolean (true/false).")
-
-
-def _as_count(key: str, value) -> int:
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = -1
-    if n < 0:
-        raise SlimcError(f"openvino option {key}={value!r} is not a non-negative integer.")
-    return n
-
-
 @dataclass(frozen=True)
 class OpenVinoOptions:
-    """The backend options after checking (see the module docstring)."""
+    """What the `openvino` backend accepts (see the module docstring)."""
 
     device: str = "CPU"
-    hint: str = "LATENCY"
+    hint: Literal["LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"] = "LATENCY"
     threads: int = 0
     streams: int = 0
-    precision: str = "auto"
+    precision: Literal["auto", "f32", "f16", "bf16"] = "auto"
     cache_dir: str | None = None
     compress_to_fp16: bool = False
 
+    def __post_init__(self):
+        for key in ("threads", "streams"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be 0 (OpenVINO's choice) or more")
+        if not self.device.strip():
+            raise ValueError("device must name an OpenVINO device, e.g. CPU")
+
     @classmethod
     def parse(cls, options: dict) -> "OpenVinoOptions":
-        unknown = sorted(set(options) - set(KNOWN_OPTIONS))
-        if unknown:
-            hints = "".join(closest(k, KNOWN_OPTIONS) for k in unknown)
-            raise SlimcError(f"unknown openvino option(s): {', '.join(unknown)}{hints}; known: {', '.join(KNOWN_OPTIONS)}.")
-        o = dict(options)
-        hint = str(o.get("hint", "LATENCY")).strip().upper()
-        if hint not in _HINTS:
-            raise SlimcError(f"openvino hint '{o['hint']}' is not one of {', '.join(_HINTS)}.")
-        precision = str(o.get("precision", "auto")).strip().lower()
-        if precision not in _PRECISIONS:
-            raise SlimcError(f"openvino precision '{o['precision']}' is not one of auto, f32, f16, bf16.")
-        cache_dir = o.get("cache_dir")
-        return cls(
-            device=str(o.get("device", "CPU")).strip() or "CPU",
-            hint=hint,
-            threads=_as_count("threads", o.get("threads", 0)),
-            streams=_as_count("streams", o.get("streams", 0)),
-            precision=_PRECISIONS[precision] or "auto",
-            cache_dir=str(cache_dir) if cache_dir not in (None, "") else None,
-            compress_to_fp16=_as_bool("compress_to_fp16", o.get("compress_to_fp16", False)),
-        )
+        """Check and convert a dict of options (texts or values; kebab- or snake_case names)."""
+        return parse_backend_options(OpenVinoBackend, options)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in KNOWN_OPTIONS}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+KNOWN_OPTIONS = tuple(f.name for f in fields(OpenVinoOptions))
 
 
 def _onnx_float_types(model) -> set[str]:
@@ -171,8 +136,7 @@ class OpenVinoArtifact(Artifact):
         try:
             self.compiled = self.core.compile_model(model, self.options.device, self.config)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SlimcError(f"OpenVINO cannot compile this model for {self.options.device}: {first}") from None
+            raise SlimcError(f"OpenVINO cannot compile this model for {self.options.device}: {first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
         self.input_names = [p.get_any_name() for p in self.compiled.inputs]
 
@@ -212,11 +176,12 @@ class OpenVinoArtifact(Artifact):
         artifact.path = str(path)
         return artifact
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, inputs: list) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
             raise SlimcError(f"the model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"got {len(inputs)}.")
-        result = self.request.infer({i: np.ascontiguousarray(a) for i, a in enumerate(inputs)}, share_inputs=True)
+        feeds = {i: np.ascontiguousarray(as_numpy(a)) for i, a in enumerate(inputs)}
+        result = self.request.infer(feeds, share_inputs=True)
         return [np.array(result[out]) for out in self.compiled.outputs]
 
     def sample_inputs(self, batch: int = 1) -> list[np.ndarray]:
@@ -302,21 +267,18 @@ def convert_onnx(model):
             with contextlib.redirect_stdout(io.StringIO()):
                 return ov.convert_model(str(path))
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SlimcError(f"OpenVINO cannot convert this ONNX model: {first}") from None
+            raise SlimcError(f"OpenVINO cannot convert this ONNX model: {first_line(exc)}") from None
 
 
 @register_backend
 @dataclass(frozen=True)
 class OpenVinoBackend(Backend):
-    """Options: device, hint, threads, streams, precision, cache_dir, compress_to_fp16 (see module doc)."""
+    """Options: device, hint, threads, streams, precision, cache-dir, compress-to-fp16 (see OpenVinoOptions)."""
 
     name: ClassVar[str] = "openvino"
     consumes: ClassVar[str] = "onnx"
     extra: ClassVar[str | None] = "openvino"
-
-    def __post_init__(self):
-        OpenVinoOptions.parse(self.options)  # bad options fail at get_backend, before any pass runs
+    Options: ClassVar[type] = OpenVinoOptions
 
     def available(self) -> bool:
         import importlib.util
@@ -324,6 +286,5 @@ class OpenVinoBackend(Backend):
         return importlib.util.find_spec("openvino") is not None
 
     def build(self, program) -> OpenVinoArtifact:
-        opts = OpenVinoOptions.parse(self.options)
         self.require("openvino")
-        return OpenVinoArtifact(convert_onnx(program.ir), opts, float_types=_onnx_float_types(program.ir))
+        return OpenVinoArtifact(convert_onnx(program.ir), self.options, float_types=_onnx_float_types(program.ir))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from ..ir.onnx_io import atomic_write, write_json
 from ..ir.runner import run_torch
-from .base import Artifact, Backend, register_backend
+from .base import Artifact, Backend, as_numpy, register_backend
 
 __all__ = ["TorchBackend", "TorchArtifact"]
 
@@ -22,8 +22,8 @@ class TorchArtifact(Artifact):
         self.module = module
         self.example_inputs = tuple(example_inputs)
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return run_torch(self.module, inputs)
+    def _run(self, inputs: list) -> list[np.ndarray]:
+        return run_torch(self.module, [as_numpy(x) for x in inputs])
 
     def sample_inputs(self) -> list[np.ndarray]:
         return [t.detach().cpu().numpy() for t in self.example_inputs]

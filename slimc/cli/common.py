@@ -38,7 +38,7 @@ def add_pipeline_args(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def input_options(args):
-    from ..options import InputOptions
+    from ..compile_options import InputOptions
 
     return InputOptions(shapes=tuple(args.input_shape) if args.input_shape else None,
                         dynamic_batch=args.dynamic_batch, leaf_modules=tuple(args.leaf_module),

@@ -54,7 +54,7 @@ def _with_finetune(text: str, data: str, epochs: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
-    from ..options import BackendSpec, ReportOptions
+    from ..compile_options import BackendSpec, ReportOptions
     from ..passes.pipeline import Pipeline
 
     text = pipeline_text(args, DEFAULT)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..errors import SlimcError
     from ..ir.onnx_io import atomic_write, save_onnx, save_onnx_text
-    from ..options import ReportOptions
+    from ..compile_options import ReportOptions
     from ..passes.pipeline import Pipeline
 
     pipeline = Pipeline.parse(pipeline_text(args, None))

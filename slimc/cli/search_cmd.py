@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import SlimcError
-    from ..options import BackendSpec, ReportOptions
+    from ..compile_options import BackendSpec, ReportOptions
     from ..search import build_space, search
     from ..search.objective import TrialTask
     from .common import print_err

@@ -61,7 +61,7 @@ def run_torch(module, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 def run_onnx(model, inputs: Sequence[np.ndarray], input_names: Sequence[str] | None = None) -> list[np.ndarray]:
-    from ..backend.onnxruntime import session_for
+    from .ort_session import session_for
 
     sess = session_for(model)
     names = [i.name for i in sess.get_inputs()]

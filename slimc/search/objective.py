@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SlimcError, closest
-from ..options import BackendSpec, InputOptions, ReportOptions
+from ..compile_options import BackendSpec, InputOptions, ReportOptions
 
 __all__ = ["TrialTask", "Budget", "Constraints", "run_trial", "measure", "load_callable", "score_of", "loss_of"]
 

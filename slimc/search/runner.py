@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import SlimcError, closest
-from ..options import BackendSpec, InputOptions, ReportOptions, with_shorthands
+from ..compile_options import BackendSpec, InputOptions, ReportOptions, with_shorthands
 from .objective import TRIAL_REPORT, Constraints, TrialTask, loss_of, run_trial
 from .report import best_record, write_reports
 from .space import SearchSpace

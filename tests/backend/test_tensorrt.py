@@ -238,11 +238,11 @@ def test_options_from_command_line_strings():
                           "profiling_verbosity": "detailed"})
     assert opts.dynamic_batch == (1, 8, 32) and opts.optimization_level == 3 and opts.workspace_mib == 256
     assert opts.compute_capability == ("8.6", "8.9") and opts.sparse_weights is True and opts.flavor == "rtx"
-    with pytest.raises(SlimcError, match="did you mean 'workspace_mib'"):
+    with pytest.raises(SlimcError, match="did you mean 'workspace-mib'"):
         parse_options({"workspace_mb": 3})
     with pytest.raises(SlimcError, match="MIN:OPT:MAX"):
         parse_options({"dynamic_batch": "8:1:32"})
-    with pytest.raises(SlimcError, match="not a boolean"):
+    with pytest.raises(SlimcError, match="'sparse-weights' of backend 'tensorrt' expects true\\|false, got 'maybe'"):
         parse_options({"sparse_weights": "maybe"})
 
 
@@ -373,3 +373,31 @@ def test_compute_capability_checks(tmp_path):
     if not probe_gpu().usable:
         with pytest.raises(SlimcError, match="compute_capability=current asks the GPU"):
             TensorRTBackend(options={**base, "compute_capability": "current"}).build(_tiny_program())
+
+
+def test_run_takes_tensors_or_arrays_up_to_the_gpu(tmp_path, force_no_gpu, monkeypatch):
+    """Without a GPU the runner cannot be reached: check what it would be given, then that running says why not."""
+    from slimc.backend.tensorrt.runner import as_tensors
+
+    art = TensorRTBackend(options={"cache_dir": str(tmp_path)}).build(_tiny_program())
+    x = torch.randn(2, 3, 16, 16)
+    kept = as_tensors([x, x.numpy()])
+    assert kept[0] is x and isinstance(kept[1], torch.Tensor) and torch.equal(kept[1], x)
+    given = []
+
+    class _Runner:  # stands in for EngineRunner, which needs a GPU
+        def infer(self, inputs):
+            given.append(inputs)
+            return [np.zeros((2, 4, 14, 14), np.float32)]
+
+    monkeypatch.setattr(art, "_open", lambda: _Runner())
+    for inputs in (x, [x], (x.numpy(),)):
+        out = art.run(inputs)
+        assert isinstance(out, list) and isinstance(out[0], np.ndarray) and out[0].shape == (2, 4, 14, 14)
+    assert [type(g[0]) for g in given] == [torch.Tensor, torch.Tensor, np.ndarray]
+    with pytest.raises(SlimcError, match="numpy array or torch tensor"):
+        art.run("x")
+    monkeypatch.undo()
+    force_no_gpu()
+    with pytest.raises(GpuUnavailableError):
+        art.run(x)

@@ -345,7 +345,7 @@ def test_misc_usage_errors(cli, tmp_path, models_py, dup_onnx):
     rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--backend-option", "threads")
     assert_user_error(rc, err, "'threads' is not KEY=VALUE")
     rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x3x8x8", "--backend-option", "threads=abc")
-    assert_user_error(rc, err, "threads='abc' is not a whole number")
+    assert_user_error(rc, err, "option 'threads' of backend 'onnxruntime' expects an integer, got 'abc'")
 
 
 # ---- print-pipeline exits, file locations, streamed table, seed, fidelity failures ----------------

@@ -10,7 +10,7 @@ from ...errors import SlimcError
 from ..base import Backend, register_backend
 from .cache import EngineCache, cache_key, graph_hash
 from .flavor import TrtFlavor, import_flavor, importable_flavors
-from .options import TensorRTOptions, parse_options
+from .options import TensorRTOptions
 from .runner import TensorRTArtifact
 
 __all__ = ["TensorRTBackend", "build_artifact"]
@@ -73,22 +73,22 @@ def build_artifact(model, example_shapes: list[list[int]], opts: TensorRTOptions
 class TensorRTBackend(Backend):
     """NVIDIA TensorRT. Builds on a CPU with TensorRT for RTX; running needs an NVIDIA GPU.
 
-    Options (see TensorRTOptions): flavor=auto|full|rtx, dynamic_batch=MIN:OPT:MAX, optimization_level=N,
-    workspace_mib=N, compute_capability=8.6,8.9, timing_cache=FILE, sparse_weights=true,
-    profiling_verbosity=detailed, cache=false, cache_dir=DIR.
+    Options (see TensorRTOptions): flavor=auto|full|rtx, dynamic-batch=MIN:OPT:MAX, optimization-level=N,
+    workspace-mib=N, compute-capability=8.6,8.9, timing-cache=FILE, sparse-weights=true,
+    profiling-verbosity=detailed, cache=false, cache-dir=DIR.
 
     Example::
 
-        slimc.compile(model, x, backend="tensorrt", backend_options={"dynamic_batch": "1:8:32"})
+        slimc.compile(model, x, backend="tensorrt", backend_options={"dynamic-batch": "1:8:32"})
     """
 
     name: ClassVar[str] = "tensorrt"
     consumes: ClassVar[str] = "onnx"
     extra: ClassVar[str | None] = "tensorrt"
+    Options: ClassVar[type] = TensorRTOptions
 
     def available(self) -> bool:
         return bool(importable_flavors())
 
     def build(self, program) -> TensorRTArtifact:
-        opts = parse_options(self.options)
-        return build_artifact(program.ir, _example_shapes(program), opts)
+        return build_artifact(program.ir, _example_shapes(program), self.options)

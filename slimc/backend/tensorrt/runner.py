@@ -16,11 +16,11 @@ import numpy as np
 
 from ...errors import SlimcError
 from ...ir.onnx_io import atomic_write
-from ..base import Artifact, BenchmarkResult, CannotRunHere, time_calls
+from ..base import Artifact, BenchmarkResult, CannotRunHere, as_numpy, input_list, time_calls
 from .flavor import TrtFlavor, make_logger
 from .gpu_probe import probe_gpu
 
-__all__ = ["GpuUnavailableError", "EngineRunner", "TensorRTArtifact", "require_gpu"]
+__all__ = ["GpuUnavailableError", "EngineRunner", "TensorRTArtifact", "require_gpu", "as_tensors"]
 
 
 class GpuUnavailableError(CannotRunHere):
@@ -34,6 +34,13 @@ def require_gpu(doing: str = "run a TensorRT engine") -> None:
             f"to {doing} slimc needs an NVIDIA GPU with a working CUDA driver, and none is usable here: "
             f"{status.reason}. Building engines works without one (the engine and its .json sidecar can be saved "
             "and run on a GPU machine); to run here, use backend onnxruntime.")
+
+
+def as_tensors(inputs: Sequence) -> list:
+    """Torch tensors of numpy arrays or tensors (tensors are kept as they are, on their device)."""
+    import torch
+
+    return [x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
 
 
 def _torch_dtype(trt_dtype):
@@ -132,12 +139,11 @@ class EngineRunner:
                              f"{' | '.join(self.logger.errors()[-2:]) or 'no reason given'}.")
         self.stream.synchronize()
 
-    def infer(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        import torch
-
-        outs = self.bind([torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
+    def infer(self, inputs: Sequence) -> list[np.ndarray]:
+        """Numpy arrays or torch tensors in (tensors already on the GPU are not copied), numpy out."""
+        outs = self.bind(as_tensors(inputs))
         self.execute()
-        return [(o.float() if o.dtype == torch.bfloat16 else o).cpu().numpy() for o in outs]
+        return [as_numpy(o) for o in outs]
 
 
 class TensorRTArtifact(Artifact):
@@ -158,16 +164,13 @@ class TensorRTArtifact(Artifact):
             self._runner = EngineRunner(self.flavor, self.engine).__enter__()
         return self._runner
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _run(self, inputs: list) -> list[np.ndarray]:
         return self._open().infer(inputs)
 
-    def benchmark(self, inputs: Sequence[np.ndarray] | None = None, warmup: int = 5,
-                  iters: int = 30) -> BenchmarkResult:
+    def benchmark(self, inputs=None, warmup: int = 5, iters: int = 30) -> BenchmarkResult:
         """Latency of the engine alone: inputs stay on the GPU, each call is execute + stream sync."""
-        import torch
-
         runner = self._open()
-        runner.bind([torch.from_numpy(np.ascontiguousarray(x)) for x in (inputs or self.sample_inputs())])
+        runner.bind(as_tensors(input_list(inputs) if inputs is not None else self.sample_inputs()))
         return time_calls(runner.execute, warmup, iters)
 
     def sample_inputs(self, batch: int | None = None) -> list[np.ndarray]:

@@ -52,9 +52,6 @@ class GroupConv(Pass):
         if self.min_channels < 1:
             raise ValueError("min-channels must be at least 1")
 
-    def __hash__(self):  # `layers` is a dict
-        return hash((self.groups, self.permute, self.min_channels, self.ignore, tuple(sorted(self.layers.items()))))
-
     def apply(self, program) -> PassResult:
         with single_threaded():
             return self._apply(program)

@@ -59,10 +59,6 @@ class PruneChannels(Pass):
         if self.round_to < 1 or self.min_channels < 1:
             raise ValueError("round-to and min-channels must be at least 1")
 
-    def __hash__(self):  # `ratios` is a dict: hash its items so the pass stays usable as a key
-        return hash((self.ratio, self.criterion, self.scope, self.round_to, self.min_channels, self.ignore,
-                     tuple(sorted(self.ratios.items())), self.explain, self.seed))
-
     def apply(self, program) -> PassResult:
         with single_threaded():
             return self._apply(program)
