@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from .backend.base import Artifact, CannotRunHere, get_backend
 from .errors import SlimcError, first_line
-from .frontend.inputs import example_inputs_from
+from .frontend.inputs import check_tensor_fits, example_inputs_from
 from .frontend.specs import describe_source, load_model
 from .frontend.trace import check_inputs_fit, trace_module
 from .ir.fidelity import fidelity
@@ -22,6 +22,7 @@ from .ir.stats import stats_of
 from .compile_options import BackendSpec, InputOptions, ReportOptions, with_shorthands
 from .passes.manager import Instrumentation, PassManager, PassRecord
 from .passes.pipeline import Pipeline
+from .preflight import check_compile_run, check_leaf_modules
 
 __all__ = ["compile", "CompileResult", "load_program"]
 
@@ -66,6 +67,7 @@ def load_program(model, example_inputs=None, *, input_shapes: Sequence[str] | No
             "slimc needs the input shapes of a PyTorch model: pass example inputs in Python "
             "(slimc.compile(model, torch.randn(1, 3, 224, 224))) or --input-shape 1x3x224x224 on the command line."
         )
+    check_leaf_modules(loaded, leaf_modules)
     outputs = check_inputs_fit(loaded, examples)
     gm = trace_module(loaded, leaf_modules)
     in_names = ("input",) if len(examples) == 1 else tuple(f"input{i}" for i in range(len(examples)))
@@ -86,6 +88,7 @@ def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
             tt = i.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tt.shape.dim]
             np_dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            check_tensor_fits(dims, np.dtype(np_dtype).itemsize, f"the ONNX model's input '{i.name}'")
             tensors.append(torch.from_numpy(np.zeros(dims, dtype=np_dtype)))
         examples = example_inputs_from(tensors)
     elif len(examples) != len(graph_inputs):
@@ -108,7 +111,8 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
             instrumentation: Instrumentation | None = None, report: ReportOptions | None = None,
             input_shapes: Sequence[str] | None = None, dynamic_batch: bool | None = None,
             leaf_modules: Sequence | None = None, seed: int | None = None, backend_options: dict | None = None,
-            output_dir: str | Path | None = None, fidelity_samples: int | None = None, benchmark_iters: int | None = None) -> CompileResult:
+            output_dir: str | Path | None = None, fidelity_samples: int | None = None,
+            benchmark_iters: int | None = None) -> CompileResult:
     """Compile a model through a pass pipeline to a backend.
 
     Example::
@@ -133,11 +137,9 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     inst = instrumentation or Instrumentation()
     pipe = Pipeline.coerce(pipeline)
     target = get_backend(target_spec.name, **dict(target_spec.options)) if target_spec.name else None
-    if report_opts.output_dir is not None:
-        out = Path(report_opts.output_dir)
-        # 'out/model.onnx' is saved as that file by the backend (out/ is a directory otherwise): creating a
-        # directory of that name here would make the save fail after all the work.
-        _check_writable(out.parent if out.suffix else out)
+    check_compile_run(model, backend=target_spec.name if target else None, output_dir=report_opts.output_dir,
+                      report_path=report_opts.path, dump_ir=inst.dump_ir, benchmark_iters=report_opts.benchmark_iters,
+                      fidelity_samples=report_opts.fidelity_samples)
     with seeded(inputs.seed):  # 'torchvision:NAME' and factories get the same random weights every run
         program = load_program(model, example_inputs, input_shapes=inputs.shapes, dynamic_batch=inputs.dynamic_batch,
                                leaf_modules=inputs.leaf_modules)
@@ -228,14 +230,3 @@ def _lifted(program: Program) -> Program:
 
     gm = lift_onnx(program.ir)
     return program.with_ir(gm, metadata={**program.metadata, "lifted_from_onnx": True})
-
-
-def _check_writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".slimc-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SlimcError(f"output directory '{directory}' cannot be written: {exc.strerror}. "
-                         "Choose another --output-dir.") from None

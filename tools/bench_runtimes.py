@@ -13,6 +13,17 @@ For every model and batch size (static exports, one per batch), the rows are:
   slimc pruned 50% -> ORT / OpenVINO     fuse-bn,prune-channels{ratio=0.5},... (when prune-channels is registered)
   Torch-Pruning 50% -> ORT / OpenVINO    torch-pruning MagnitudePruner (L2, ratio 0.5, round_to 8, classifier
                                          kept) then slimc's lossless pipeline
+  slimc int8 -> ORT / OpenVINO           the lossless pipeline + quantize-int8 (QDQ, per-channel, minmax)
+  slimc pruned 50% + int8 -> ORT / OV    the pruned pipeline + quantize-int8
+  ORT quantize_static -> ORT             ONNX Runtime's own tool on the plain export, as its docs say
+                                         (quant_pre_process, then quantize_static QDQ, per-channel, U8/S8)
+  NNCF int8 (OpenVINO IR) -> OpenVINO    nncf.quantize on the OpenVINO model of the plain export
+  NNCF int8 (ONNX QDQ) -> ORT / OpenVINO nncf.quantize on the plain export's ONNX graph
+
+The int8 rows calibrate on --calib-samples random inputs (the same number for slimc, ORT and NNCF):
+latency does not depend on what the ranges are; accuracy is measured by tools/accuracy_int8.py.
+Model names are torchvision's, plus bert_base: a BERT-base-shaped encoder (transformers BertModel,
+12 layers, hidden 768, 12 heads, random weights) on --seq-len token ids.
 
 Measurements are interleaved: every row is timed for iters/rounds calls, round after round, so
 machine noise hits all rows alike; median and p90 are over all the row's calls. ORT, OpenVINO and
@@ -41,6 +52,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 LOSSLESS = ["fuse-bn", "to-onnx", "fold-constants", "simplify", "eliminate-dead", "dedupe-weights"]
 DEFAULT_MODELS = "resnet50,mobilenet_v2,efficientnet_b0,vit_b_16"
+INT8_LABELS = ("slimc int8", "slimc pruned 50% + int8", "ORT quantize_static", "NNCF int8 (OpenVINO IR)",
+               "NNCF int8 (ONNX QDQ)")
 ISSUE5_MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")
 
 
@@ -83,6 +96,160 @@ def pruned_pipeline() -> str | None:
         return None
     rest = lossless_pipeline().split(",")
     return ",".join(rest[:1] + ["prune-channels{ratio=0.5}"] + rest[1:])
+
+
+def int8_step(samples: int) -> str:
+    return f"quantize-int8{{calib=random samples={samples}}}"
+
+
+# ---- models --------------------------------------------------------------------------
+
+def make_model(name: str, batch: int, args):
+    """(module, example input) for a torchvision name or bert_base (random weights, nothing downloaded)."""
+    import torch
+
+    torch.manual_seed(0)
+    if name == "bert_base":
+        from transformers import BertConfig, BertModel
+
+        class LastHiddenState(torch.nn.Module):
+            """BertModel -> its last hidden state only (one tensor out, like the vision models)."""
+
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids):
+                return self.inner(input_ids=input_ids).last_hidden_state
+
+        cfg = BertConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072,
+                         max_position_embeddings=512)
+        return LastHiddenState(BertModel(cfg)).eval(), torch.randint(0, cfg.vocab_size, (batch, args.seq_len))
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None).eval(), torch.randn(batch, 3, args.resolution,
+                                                                               args.resolution)
+
+
+# ---- int8 baselines ------------------------------------------------------------------
+
+def _calib_arrays(x_np, samples: int) -> list:
+    """`samples` random arrays shaped like x_np (standard normal, or token ids below x_np's max)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7000)
+    n = max(1, -(-samples // x_np.shape[0]))
+    if np.issubdtype(x_np.dtype, np.floating):
+        return [rng.standard_normal(x_np.shape).astype(x_np.dtype) for _ in range(n)]
+    return [rng.integers(0, int(x_np.max()) + 1, x_np.shape).astype(x_np.dtype) for _ in range(n)]
+
+
+def ort_quantize_static(plain, x_np, samples: int):
+    """ONNX Runtime's documented flow: quant_pre_process, then quantize_static (QDQ, per-channel, U8/S8)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = plain.graph.input[0].name
+    feeds = [{name: a} for a in _calib_arrays(x_np, samples)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(feeds)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, out = (os.path.join(tmp, f) for f in ("m.onnx", "pre.onnx", "q.onnx"))
+        onnx.save(plain, src)
+        quant_pre_process(src, pre)
+        quantize_static(pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return onnx.load(out)
+
+
+def nncf_quantize(model, x_np, samples: int, transformer: bool):
+    """nncf.quantize (default preset: symmetric, per-channel weights) on an OpenVINO or ONNX model."""
+    import nncf
+
+    items = _calib_arrays(x_np, samples)
+    kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    if hasattr(model, "graph"):  # onnx.ModelProto
+        name = model.graph.input[0].name
+        dataset = nncf.Dataset(items, lambda a: {name: a})
+    else:
+        dataset = nncf.Dataset(items)
+    return nncf.quantize(model, dataset, subset_size=len(items) * x_np.shape[0], **kwargs)
+
+
+def ort_fused_ops(model) -> str:
+    """What ONNX Runtime's CPU provider turned the QDQ graph into: int8 kernels vs float compute ops left."""
+    import collections
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    int8 = {k: v for k, v in ops.items() if k.startswith("QLinear") or k in ("QGemm", "MatMulInteger", "ConvInteger",
+                                                                              "QAttention", "DynamicQuantizeMatMul")}
+    flt = {k: v for k, v in ops.items() if k in ("Conv", "FusedConv", "MatMul", "FusedMatMul", "Gemm", "NchwcConv")}
+    show = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"  # noqa: E731
+    return f"int8 kernels: {show(int8)}; float compute ops: {show(flt)}"
+
+
+def ov_precisions(ov_model, threads: int) -> str:
+    """Runtime precision of the convolution / matmul layers in OpenVINO's compiled (execution) graph."""
+    import collections
+
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {props.inference_num_threads: threads,
+                                                        hints.inference_precision: "f32"})
+    seen = collections.Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        keys = set(info.keys())
+        kind = info["layerType"].astype(str) if "layerType" in keys else op.get_type_name()
+        if kind in ("Convolution", "FullyConnected", "MatMul", "GroupConvolution", "Deconvolution"):
+            seen[f"{kind} {info['runtimePrecision'].astype(str) if 'runtimePrecision' in keys else '?'}"] += 1
+    return "layers by runtimePrecision: " + (", ".join(f"{k} x{v}" for k, v in sorted(seen.items())) or "none")
+
+
+def openvino_model_runner(ov_model, x_np, threads: int):
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    # f32 for the ops left in float, as the plain OpenVINO row and slimc's backend (this CPU would pick bf16)
+    compiled = ov.Core().compile_model(ov_model, "CPU", {hints.performance_mode: hints.PerformanceMode.LATENCY,
+                                                        props.inference_num_threads: threads,
+                                                        hints.inference_precision: "f32"})
+    req = compiled.create_infer_request()
+    return lambda: req.infer({0: x_np}, share_inputs=True)
+
+
+def ov_convert(model):
+    import tempfile
+
+    import onnx
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        onnx.save(model, path)
+        return ov.convert_model(path)
 
 
 # ---- machine rate --------------------------------------------------------------------
@@ -258,13 +425,10 @@ def _short_error(exc: BaseException) -> str:
 
 def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
     import torch
-    import torchvision
 
     from slimc.ir.stats import stats_of
 
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
-    x = torch.randn(batch, 3, args.resolution, args.resolution)
+    model, x = make_model(name, batch, args)
     x_np = x.numpy()
     dev = args.device
     threads = args.threads
@@ -314,9 +478,11 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
         except Exception as exc:
             rows.append(Row("onnxsim only", "onnxruntime", note=f"n/a: {_short_error(exc)}"))
 
-    def slimc_rows(label: str, src_model, pipeline: str | None, missing: str):
+    compiled = {}  # label -> compiled program, so the int8 rows continue from the dense/pruned ONNX
+
+    def slimc_rows(label: str, src_model, pipeline: str | None, missing: str, force: bool = False):
         runtimes = [rt for rt in ("onnxruntime", "openvino") if want(label, rt)]
-        if not runtimes:
+        if not runtimes and not force:
             return
         if pipeline is None:
             for rt in runtimes:
@@ -344,13 +510,19 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
             for rt in runtimes:
                 rows.append(Row(label, rt, note=f"n/a: {_short_error(exc)}"))
             return
+        compiled[label] = result.program
+        if "int8" in label and "onnxruntime" in runtimes:
+            info["notes"].append(f"{label}: ONNX Runtime's optimized graph has {ort_fused_ops(result.program.ir)}")
+        if "int8" in label and "openvino" in runtimes:
+            info["notes"].append(f"{label}: OpenVINO runs {ov_precisions(ov_convert(result.program.ir), threads)}")
         for rt in runtimes:
             add(label, rt, lambda rt=rt: slimc_runner(result.program, x_np, rt, threads, dev), macs)
             if note and rows[-1].fn is not None:
                 rows[-1].note = note
 
-    slimc_rows("slimc dense", model, lossless_pipeline(), "")
-    slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available")
+    need_base = not args.no_int8  # the int8 rows quantize these two compiled graphs
+    slimc_rows("slimc dense", model, lossless_pipeline(), "", force=need_base)
+    slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available", force=need_base)
     tp_label = "Torch-Pruning 50%"
     if want(tp_label, "onnxruntime") or want(tp_label, "openvino"):
         try:
@@ -360,6 +532,58 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
                 traceback.print_exc()
             tp_src, tp_missing = None, f"n/a: {_short_error(exc)}"
         slimc_rows(tp_label, tp_src, lossless_pipeline() if tp_src is not None else None, tp_missing)
+    if args.no_int8:
+        return rows, info
+    q = int8_step(args.calib_samples)
+    # = the dense / pruned pipeline followed by quantize-int8 (continued from that ONNX: the same graph, compiled once)
+    for label, base in (("slimc int8", "slimc dense"), ("slimc pruned 50% + int8", "slimc pruned 50%")):
+        if base in compiled:
+            slimc_rows(label, compiled[base].ir, q, "")
+            if label in compiled:
+                info[f"{label} pipeline"] = f"{info.get(base + ' pipeline', base)},{info[label + ' pipeline']}"
+        else:
+            slimc_rows(label, None, None, f"n/a: {base} did not compile")
+
+    def timed(label, make):
+        def wrapped():
+            t0 = time.perf_counter()
+            out = make()
+            info[f"{label} quantize s"] = round(time.perf_counter() - t0, 2)
+            return out
+        return wrapped
+
+    if want("ORT quantize_static", "onnxruntime"):
+        def ort_q():
+            quantized = ort_quantize_static(plain, x_np, args.calib_samples)
+            info["notes"].append(f"ORT quantize_static: ONNX Runtime's optimized graph has {ort_fused_ops(quantized)}")
+            return ort_runner(quantized, x_np, threads, dev)
+
+        add("ORT quantize_static", "onnxruntime", timed("ORT quantize_static", ort_q), plain_macs)
+    bert = name.startswith("bert")
+    if want("NNCF int8 (OpenVINO IR)", "openvino"):
+        def nncf_ov():
+            quantized = nncf_quantize(ov_convert(plain), x_np, args.calib_samples, bert)
+            info["notes"].append(f"NNCF int8 (OpenVINO IR): OpenVINO runs {ov_precisions(quantized, threads)}")
+            return openvino_model_runner(quantized, x_np, threads)
+
+        add("NNCF int8 (OpenVINO IR)", "openvino", timed("NNCF int8 (OpenVINO IR)", nncf_ov), plain_macs)
+    nncf_runtimes = [rt for rt in ("onnxruntime", "openvino") if want("NNCF int8 (ONNX QDQ)", rt)]
+    if nncf_runtimes:
+        try:
+            t0 = time.perf_counter()
+            nncf_onnx = nncf_quantize(plain, x_np, args.calib_samples, bert)
+            info["NNCF int8 (ONNX QDQ) quantize s"] = round(time.perf_counter() - t0, 2)
+        except Exception as exc:
+            if args.tracebacks:
+                traceback.print_exc()
+            for rt in nncf_runtimes:
+                rows.append(Row("NNCF int8 (ONNX QDQ)", rt, note=f"n/a: {_short_error(exc)}"))
+        else:
+            if "onnxruntime" in nncf_runtimes:
+                add("NNCF int8 (ONNX QDQ)", "onnxruntime", lambda: ort_runner(nncf_onnx, x_np, threads, dev), plain_macs)
+            if "openvino" in nncf_runtimes:
+                add("NNCF int8 (ONNX QDQ)", "openvino",
+                    lambda: openvino_model_runner(ov_convert(nncf_onnx), x_np, threads), plain_macs)
     return rows, info
 
 
@@ -447,6 +671,29 @@ def print_targets(results: list[dict]) -> None:
                 r = plain["median_ms"] / d["median_ms"]
                 verdict = "met" if r >= 1.0 else ("within noise" if r >= 0.97 else "NOT met")
                 print(f"- {tag}: slimc dense on {rt} vs ORT plain: {r:.2f}x ({verdict}: never slower)")
+        dense_ort = by.get(("slimc dense", "onnxruntime"), {})
+        ort_q = by.get(("ORT quantize_static", "onnxruntime"), {})
+        for label, goal in (("slimc int8", 2.3), ("slimc pruned 50% + int8", 7.0)):
+            for rt in ("onnxruntime", "openvino"):
+                p = by.get((label, rt), {})
+                if "median_ms" not in p:
+                    if p.get("note"):
+                        print(f"- {tag}: {label} on {rt}: {p['note']}")
+                    continue
+                r = plain["median_ms"] / p["median_ms"]
+                rmin = plain["min_ms"] / p["min_ms"]
+                vs_dense = (f", {dense_ort['median_ms'] / p['median_ms']:.2f}x slimc dense on ORT"
+                            if "median_ms" in dense_ort else "")
+                target = ""
+                if res["model"] == "resnet50" and rt == "onnxruntime":
+                    target = f" (target >= {goal}x: {'met' if r >= goal else 'NOT met'})"
+                print(f"- {tag}: {label} on {rt}: {r:.2f}x dense fp32 ORT plain by median, {rmin:.2f}x by min"
+                      f"{vs_dense}{target}")
+        s_q = by.get(("slimc int8", "onnxruntime"), {})
+        if "median_ms" in s_q and "median_ms" in ort_q:
+            r = ort_q["median_ms"] / s_q["median_ms"]
+            print(f"- {tag}: slimc int8 vs ORT quantize_static on ORT: {r:.2f}x by median, "
+                  f"{ort_q['min_ms'] / s_q['min_ms']:.2f}x by min ({'met' if r >= 0.97 else 'NOT met'}: no slower)")
         for label in ("slimc pruned 50%", "Torch-Pruning 50%"):
             for rt in ("onnxruntime", "openvino"):
                 p = by.get((label, rt), {})
@@ -484,6 +731,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-torch-compile", action="store_true", help="skip the torch.compile row")
     ap.add_argument("--json", help="also write the raw numbers (every call's latency) to this file")
     ap.add_argument("--tracebacks", action="store_true", help="print tracebacks of rows that cannot run")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 rows (slimc, ORT quantize_static, NNCF)")
+    ap.add_argument("--calib-samples", type=int, default=8, help="calibration samples of every int8 row (default 8)")
+    ap.add_argument("--seq-len", type=int, default=128, help="sequence length of bert_base (default 128)")
     args = ap.parse_args(argv)
 
     import torch
@@ -498,7 +748,7 @@ def main(argv=None) -> int:
     versions = {"torch": torch.__version__, "slimc": slimc.__version__}
     from importlib import metadata
 
-    for dist in ("onnxruntime", "openvino", "onnxsim", "torch-pruning", "torchvision"):
+    for dist in ("onnxruntime", "openvino", "onnxsim", "torch-pruning", "torchvision", "nncf", "transformers"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
 
 from ..errors import SlimcError
-from ..ir.onnx_io import save_onnx, write_json
+from ..ir.files import write_unit
+from ..ir.onnx_io import save_onnx
 from ..ir.ort_session import session_for
 from .base import Artifact, Backend, as_numpy, register_backend
+from .files import artifact_main_path
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "OnnxRuntimeOptions", "session_for"]
 
@@ -86,12 +87,13 @@ class OnnxRuntimeArtifact(Artifact):
         return {"backend": self.backend, "onnxruntime": ort.__version__, **self.options.as_dict()}
 
     def save(self, path) -> str:
-        """`path` (.onnx; external `.data` beside it when over 2 GiB) plus `path.json` with session options."""
-        path = Path(path)
-        if path.suffix != ".onnx":
-            path = path / "model.onnx"
-        save_onnx(self.model, path)
-        write_json(path.with_suffix(".json"), {**self.describe(), **self.signature()})
+        """`path` (.onnx; external `.data` beside it when over 2 GiB) plus `path.json` with session options.
+
+        The files are written as one unit: the sidecar lists their SHA-256 (see slimc.ir.files.write_unit).
+        """
+        path = artifact_main_path(self.backend, path)
+        write_unit(path, lambda folder: save_onnx(self.model, folder / path.name),
+                   {**self.describe(), **self.signature()})
         self.path = str(path)
         return self.path
 

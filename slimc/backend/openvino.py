@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tempfile
 from dataclasses import dataclass, fields
@@ -166,10 +165,9 @@ class OpenVinoArtifact(Artifact):
             path = path / "model.xml"
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise SlimcError(f"OpenVINO IR '{path}' (with its .bin) does not exist.")
-        sidecar = path.with_suffix(".json")
-        saved = {}
-        if sidecar.is_file():
-            saved = json.loads(sidecar.read_text()).get("options", {})
+        from ..ir.files import verify_unit
+
+        saved = verify_unit(path).get("options", {})  # also checks the .xml/.bin match the sidecar
         merged = {k: v for k, v in {**saved, **options}.items() if k in KNOWN_OPTIONS and v is not None}
         model = ov.Core().read_model(str(path))
         artifact = cls(model, OpenVinoOptions.parse(merged))
@@ -221,33 +219,19 @@ class OpenVinoArtifact(Artifact):
     def save(self, path, compress_to_fp16: bool | None = None) -> str:
         """`path` (.xml) + `.bin` beside it + `.json` sidecar; a directory gets `model.xml`.
 
-        Each file is written under a temporary name in the same directory and renamed into place
-        (.bin first, then .xml, then .json), so readers never see a half-written file.
+        The files are written as one unit (slimc.ir.files.write_unit): staged in a temporary folder beside
+        the target, renamed into place under a lock, the sidecar last with every file's SHA-256.
         """
         import openvino as ov
 
-        path = Path(path)
-        if path.suffix != ".xml":
-            path = path / "model.xml"
+        from ..ir.files import write_unit
+        from .files import artifact_main_path
+
+        path = artifact_main_path(self.backend, path)
         compress = self.options.compress_to_fp16 if compress_to_fp16 is None else bool(compress_to_fp16)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmpdir = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        except OSError as exc:
-            raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
-        tmp_xml = Path(tmpdir) / "model.xml"
-        try:
-            ov.save_model(self.model, str(tmp_xml), compress_to_fp16=compress)
-            sidecar = {**self.describe(), **self.signature(), "compress_to_fp16": compress}
-            tmp_json = Path(tmpdir) / "model.json"
-            tmp_json.write_text(json.dumps(sidecar, indent=2, default=str))
-            os.replace(tmp_xml.with_suffix(".bin"), path.with_suffix(".bin"))
-            os.replace(tmp_xml, path)
-            os.replace(tmp_json, path.with_suffix(".json"))
-        finally:
-            for leftover in Path(tmpdir).glob("*"):
-                leftover.unlink()
-            os.rmdir(tmpdir)
+        sidecar = {**self.describe(), **self.signature(), "compress_to_fp16": compress}
+        write_unit(path, lambda folder: ov.save_model(self.model, str(folder / path.name), compress_to_fp16=compress),
+                   sidecar)
         self.path = str(path)
         return self.path
 

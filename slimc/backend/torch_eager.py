@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from ..ir.onnx_io import atomic_write, write_json
+from ..ir.files import write_unit
 from ..ir.runner import run_torch
 from .base import Artifact, Backend, as_numpy, register_backend
+from .files import artifact_main_path
 
 __all__ = ["TorchBackend", "TorchArtifact"]
 
@@ -37,11 +37,8 @@ class TorchArtifact(Artifact):
         """The whole module pickled with torch.save (`torch.load(path, weights_only=False)` reads it)."""
         import torch
 
-        path = Path(path)
-        if path.suffix not in (".pt", ".pth"):
-            path = path / "model.pt"
-        atomic_write(path, lambda tmp: torch.save(self.module, tmp))
-        write_json(path.with_suffix(".json"), self.describe())
+        path = artifact_main_path(self.backend, path)
+        write_unit(path, lambda folder: torch.save(self.module, folder / path.name), self.describe())
         self.path = str(path)
         return self.path
 

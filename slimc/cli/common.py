@@ -20,6 +20,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic-batch", action="store_true", help="export with a symbolic batch axis")
     p.add_argument("--leaf-module", action="append", default=[], metavar="NAME",
                    help="submodule name or class name that torch.fx keeps whole instead of tracing through")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="let a .pt model file hold a whole pickled module; unpickling runs code named in the file, "
+                        "so only for files you made or trust (default: torch.load(weights_only=True))")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser, default: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import profile_cmd
 from .common import (FIDELITY_FAILED, PassTable, add_model_args, add_pipeline_args, human, input_options,
                      instrumentation, pipeline_text, print_fidelity, start_level)
 
@@ -26,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of --finetune (default 1)")
     p.add_argument("--benchmark", type=int, default=0, metavar="ITERS",
                    help="time the artifact over ITERS runs after compiling")
+    profile_cmd.add_compile_options(p)  # --profile, --report-html
     p.set_defaults(run=run)
 
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compiler import compile
     from ..compile_options import BackendSpec, ReportOptions
     from ..passes.pipeline import Pipeline
+    from .guard import guard_compile
 
     text = pipeline_text(args, DEFAULT)
     if args.finetune:
@@ -66,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         end = None if args.backend == "torch" else "onnx"
         print(pipeline.lowered(start_level(args.model), end).print())
         return 0
+    guard_compile(args)  # before any work: no output may land on an input or a device node
     table = PassTable([p.name for p in pipeline])
     result = compile(args.model, pipeline=pipeline, backend=backend, inputs=input_options(args),
                      instrumentation=instrumentation(args, on_pass=table.row),
@@ -90,4 +94,5 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     print(f"compiled in {r['seconds']:.2f} s")
+    profile_cmd.after_compile(args, result)  # --profile, --report-html
     return 0 if fidelity_ok else FIDELITY_FAILED

@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from ..ir.onnx_io import atomic_write, save_onnx, save_onnx_text
     from ..compile_options import ReportOptions
     from ..passes.pipeline import Pipeline
+    from .guard import guard_opt
 
+    guard_opt(args)  # before any work: no output may land on an input or a device node
     pipeline = Pipeline.parse(pipeline_text(args, None))
     if args.print_pipeline:  # like mlir-opt's --dump-pass-pipeline: print, do nothing else
         print(pipeline.lowered(start_level(args.model)).print())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
 from ..errors import SlimcError
+from .distributed import data_parallel
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune"]
 
@@ -115,7 +116,8 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int | None = No
     import torch
 
     cfg = _config(config, epochs=epochs, lr=lr)
-    dev = _pick_device(device)
+    dp = data_parallel(_pick_device(device))  # under torchrun: DDP, this process's share of each batch
+    dev = dp.device
     on_gpu = dev.startswith("cuda")
     amp_dtype = None
     if on_gpu and cfg.amp != "off":
@@ -131,6 +133,7 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int | None = No
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, train_data = dp.wrap(module), dp.shard(train_data)
     try:
         per_epoch = len(train_data)  # type: ignore[arg-type]
     except TypeError:
@@ -139,7 +142,7 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int | None = No
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor)
     total = schedule.total
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    bar = _progress(total or cfg.max_steps, cfg.progress)
+    bar = _progress(total or cfg.max_steps, cfg.progress and dp.is_main)
     history: list[dict] = []
     start, step = time.perf_counter(), 0
     try:
@@ -155,32 +158,35 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int | None = No
                                     enabled=amp_dtype is not None):
                     with torch.no_grad():
                         t_out = teacher(*inputs) if teacher is not None else None
-                    loss, parts = _losses(module(*inputs), t_out, labels, cfg)
-                if not math.isfinite(loss.item()):
-                    raise SlimcError(f"fine-tuning diverged at step {step} (loss {loss.item()}); lower the lr.")
+                    loss, parts = _losses(model(*inputs), t_out, labels, cfg)
+                loss_value = dp.global_mean(loss)
+                if not math.isfinite(loss_value):
+                    raise SlimcError(f"fine-tuning diverged at step {step} (loss {loss_value}); lower the lr.")
                 opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * dp.batch_share).backward()
                 if cfg.grad_clip:
                     scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                history.append({"step": step, "epoch": epoch, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                history.append({"step": step, "epoch": epoch, "loss": loss_value, "lr": sched.get_last_lr()[0],
                                 **{k: v.item() for k, v in parts.items()}})
                 step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             if cfg.max_steps and step >= cfg.max_steps:
                 break
             if epoch == 0:
                 schedule.first_epoch_done(step)
+        dp.sync_buffers(module)
     finally:
         if bar is not None:
             bar.close()
+        dp.close()
     if step == 0:
         raise SlimcError("the training data yielded no batches.")
     module = module.to("cpu", memory_format=torch.contiguous_format).eval()

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from ..errors import SlimcError
 
-__all__ = ["parse_input_shape", "example_inputs_from"]
+__all__ = ["parse_input_shape", "example_inputs_from", "check_tensor_fits", "available_memory_bytes"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+def available_memory_bytes() -> int:
+    """Memory the system can give without swapping (MemAvailable), or the free physical pages."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.3g} GiB" if n < 2**50 else f"{n / 2**30:.3g} GiB"
+
+
+def check_tensor_fits(dims, itemsize: int, what: str) -> None:
+    """Refuse, before allocating, a tensor larger than the memory this machine has available."""
+    elements = 1
+    for d in dims:
+        elements *= int(d)  # Python ints: no overflow, however absurd the shape
+    need = elements * itemsize
+    have = available_memory_bytes()
+    if need > have:
+        raise SlimcError(f"{what} would take {_gib(need)} ({elements:,} elements x {itemsize} bytes), more than the "
+                         f"{_gib(have)} of memory available here; check the dimensions (e.g. 1x3x224x224).")
 
 
 def parse_input_shape(text: str):
@@ -27,7 +59,9 @@ def parse_input_shape(text: str):
         raise SlimcError(
             f"input shape '{text}' is not dimensions separated by 'x' (e.g. 1x3x224x224, or 1x128:int64)."
         )
-    return torch.zeros(dims, dtype=getattr(torch, dtype_text))
+    dtype = getattr(torch, dtype_text)
+    check_tensor_fits(dims, dtype.itemsize, f"input shape '{text}'")
+    return torch.zeros(dims, dtype=dtype)
 
 
 def example_inputs_from(example_inputs=None, input_shapes: Sequence[str] | None = None) -> tuple:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import importlib.util
 import sys
@@ -16,7 +18,7 @@ from typing import Any
 
 from ..errors import SlimcError, closest
 
-__all__ = ["load_model", "describe_source", "load_callable"]
+__all__ = ["load_model", "describe_source", "load_callable", "trusted_pickles"]
 
 
 def describe_source(model: Any) -> str:
@@ -98,11 +100,18 @@ def load_callable(spec: str, what: str = "function"):
 
 
 def _from_factory(path: Path, factory: str):
+    """Run the user's factory. User code can do anything the user can (read, write, exit); what slimc
+    can do is keep its exits and errors from ending the run without a word."""
     import torch
 
-    fn = load_callable(f"{path}:{factory}", "factory")
     try:
+        fn = load_callable(f"{path}:{factory}", "factory")
         built = fn()
+    except SystemExit as exc:  # sys.exit() in the file or the factory: not slimc's exit code to give
+        raise SlimcError(f"'{path}:{factory}' called sys.exit({exc.code!r}) while slimc was loading the model; "
+                         "a factory must return an nn.Module instead of exiting.") from None
+    except SlimcError:
+        raise
     except Exception as exc:
         raise SlimcError(f"'{path}:{factory}()' raised {type(exc).__name__}: {exc}") from None
     if not isinstance(built, torch.nn.Module):
@@ -113,15 +122,48 @@ def _from_factory(path: Path, factory: str):
     return built.eval()
 
 
+_TRUST_PICKLE: contextvars.ContextVar[bool] = contextvars.ContextVar("slimc_trust_pickle", default=False)
+
+
+@contextlib.contextmanager
+def trusted_pickles():
+    """Within this block, `.pt` model files may hold pickled code (a whole pickled nn.Module).
+
+    Unpickling runs whatever code the file names, with your permissions; only use it for files you
+    made or trust. The CLI's `--trust-pickle` does this. Without it, `.pt` files load with
+    `torch.load(weights_only=True)`, which runs no code. In Python you can also load the file
+    yourself (`torch.load(path, weights_only=False)`) and pass the module.
+    """
+    token = _TRUST_PICKLE.set(True)
+    try:
+        yield
+    finally:
+        _TRUST_PICKLE.reset(token)
+
+
 def _from_pickle(path: Path):
+    import pickle
+
     import torch
 
     if not path.is_file():
         raise SlimcError(f"model file '{path}' does not exist.")
+    trusted = _TRUST_PICKLE.get()
     try:
-        obj = torch.load(str(path), weights_only=False, map_location="cpu")
+        obj = torch.load(str(path), weights_only=not trusted, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if trusted or "unsupported global" not in text.lower():  # not a refused class: a damaged file
+            detail = next((ln.strip() for ln in text.splitlines() if "Unsupported" in ln), text.strip()[:200])
+            raise SlimcError(f"cannot load '{path}' with torch.load: {detail}") from None
+        raise SlimcError(
+            f"'{path}' is a pickle that names code to run when loaded (a whole pickled module, not only tensors), "
+            "and slimc loads .pt files with torch.load(weights_only=True), which runs no code. If you made this "
+            "file or trust it, add --trust-pickle (in Python: `with slimc.frontend.specs.trusted_pickles():`)."
+        ) from None
     except Exception as exc:
-        raise SlimcError(f"cannot load '{path}' with torch.load: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SlimcError(f"cannot load '{path}' with torch.load: {first}") from None
     if not isinstance(obj, torch.nn.Module):
         raise SlimcError(
             f"'{path}' holds a {type(obj).__name__}, not a pickled nn.Module (a state_dict needs the model's "

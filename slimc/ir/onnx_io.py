@@ -11,7 +11,6 @@ import copy
 import errno
 import os
 import secrets
-import tempfile
 from pathlib import Path
 
 from ..errors import SlimcError
@@ -84,19 +83,26 @@ def load_onnx(path: str | os.PathLike):
 
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call `write(tmp_path)` then move the temporary file onto `path` in one rename."""
-    path = Path(path)
+    """Call `write(tmp_path)` then move the temporary file onto `path` in one rename.
+
+    Only a regular file (or nothing) is ever replaced: a device node, fifo or directory at `path`
+    is refused, and a symlink is written through (the file it points to is replaced, the link stays).
+    """
+    from .files import check_replaceable, os_error
+
+    shown = Path(path)
+    path = check_replaceable(shown)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_temp_file(path)
     except OSError as exc:
-        raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
+        raise os_error(shown, exc) from None
     try:
-        write(tmp)
         try:
+            write(tmp)
             os.replace(tmp, path)
-        except OSError as exc:  # e.g. `path` is an existing directory
-            raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
+        except OSError as exc:  # a full disk while writing, or `path` became a directory meanwhile
+            raise os_error(shown, exc) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -136,20 +142,16 @@ def save_onnx(model, path: str | os.PathLike, external_data: bool | None = None)
     if not external_data:
         atomic_write(path, lambda tmp: onnx.save_model(model, tmp))
         return path
+    from .files import write_unit
+
     data_name = path.name + ".data"
     staged = copy.deepcopy(model)
-    tmp_dir = tempfile.mkdtemp(dir=_writable_parent(path), prefix=".slimc-")
-    try:
-        onnx.save_model(staged, os.path.join(tmp_dir, path.name), save_as_external_data=True,
+
+    def write(folder: Path) -> None:
+        onnx.save_model(staged, str(folder / path.name), save_as_external_data=True,
                         all_tensors_to_one_file=True, location=data_name, size_threshold=_EXTERNAL_THRESHOLD)
-        data_tmp = os.path.join(tmp_dir, data_name)
-        if os.path.exists(data_tmp):
-            os.replace(data_tmp, path.parent / data_name)
-        os.replace(os.path.join(tmp_dir, path.name), path)
-    finally:
-        for leftover in Path(tmp_dir).iterdir():
-            leftover.unlink()
-        os.rmdir(tmp_dir)
+
+    write_unit(path, write, sidecar=None)  # model and its .data land together, under the folder's lock
     return path
 
 
@@ -172,9 +174,3 @@ def save_onnx_text(model, path: str | os.PathLike) -> Path:
     return path
 
 
-def _writable_parent(path: Path) -> str:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SlimcError(f"cannot write '{path}': {exc.strerror}. Choose a writable location.") from None
-    return str(path.parent)

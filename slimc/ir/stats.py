@@ -12,7 +12,7 @@ import operator
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Stats", "fx_stats", "onnx_stats", "stats_of"]
+__all__ = ["Stats", "fx_stats", "onnx_stats", "onnx_node_macs", "stats_of"]
 
 
 @dataclass(frozen=True)
@@ -289,22 +289,30 @@ def _known(shape) -> bool:
 
 
 def _onnx_macs(model, example_inputs=()) -> int:
+    return int(sum(onnx_node_macs(model, example_inputs).values()))
+
+
+def onnx_node_macs(model, example_inputs=()) -> dict[str, int]:
+    """MACs of each node that has a formula (Conv, ConvTranspose, MatMul, Gemm), keyed by node name
+    (`<op_type>_<index>` for an unnamed node). Per-node costs for profiles; their sum is `Stats.macs`."""
     shapes = _shapes(model, example_inputs)
-    total = 0
-    for node in model.graph.node:
+    per_node = {}
+    for i, node in enumerate(model.graph.node):
         out = shapes.get(node.output[0]) if node.output else None
+        macs = 0
         if node.op_type in ("Conv", "ConvTranspose"):
             w = shapes.get(node.input[1])
+            # Conv: each output element meets in/groups * kernel weights; ConvTranspose: each input element
+            # meets out/groups * kernel weights. Both are numel(ref) * numel(w[1:]).
             ref = out if node.op_type == "Conv" else shapes.get(node.input[0])
             if _known(w) and _known(ref):
-                if node.op_type == "Conv":
-                    total += _numel(ref) * _numel(w[1:])
-                else:  # each input element meets out_channels/groups * kernel weights
-                    total += _numel(ref) * _numel(w[1:])
+                macs = _numel(ref) * _numel(w[1:])
         elif node.op_type in ("MatMul", "Gemm"):
             a = shapes.get(node.input[0])
             if _known(out) and _known(a) and a:  # a 0-d operand has no inner dimension
                 trans_a = any(at.name == "transA" and at.i for at in node.attribute)
                 k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
-                total += _numel(out) * k
-    return int(total)
+                macs = _numel(out) * k
+        if macs:
+            per_node[node.name or f"{node.op_type}_{i}"] = int(macs)
+    return per_node

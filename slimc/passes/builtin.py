@@ -9,3 +9,5 @@ from .onnx import precision  # noqa: F401  (to-fp16, to-bf16)
 from .fx import fuse_bn_conv  # noqa: F401  (bn -> conv/linear)
 from .fx import prune_channels  # noqa: F401
 from .fx import group_conv  # noqa: F401
+from .onnx import quantize  # noqa: F401  (quantize-int8: slimc/passes/onnx/quantize/)
+from .fx import bn_recal  # noqa: F401

@@ -245,7 +245,7 @@ class PassManager:
         replay = (f"slimc opt {shlex.quote(str(model_file))} --pipeline-file {shlex.quote(str(directory / 'pipeline.txt'))}"
                   f" -o {shlex.quote(str(output))}")
         if program.level == "fx":
-            replay += f" {shapes}"
+            replay += f" {shapes} --trust-pickle"  # input.pt is slimc's own pickled GraphModule
         return directory, replay
 
 

@@ -144,10 +144,9 @@ def read_pipeline_file(path: str | Path) -> PipelineFileText:
 
     The result is the joined pipeline text; parse errors in it name the file's line and column.
     """
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise SlimcError(f"cannot read pipeline file '{path}': {exc.strerror}.") from None
+    from ..ir.files import read_text_bounded
+
+    lines = read_text_bounded(path, "pipeline file").splitlines()  # bounded: /dev/zero fails fast
     # Lines are passes, except inside a pass's '{...}': long option lists may span lines.
     text, origins, depth = "", [], 0
     for number, line in enumerate(lines, start=1):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..ir.onnx_io import atomic_write
+
 __all__ = ["best_record", "pareto_ids", "write_reports", "plot_pareto", "summary_markdown"]
 
 
@@ -146,11 +148,12 @@ def write_reports(folder: Path, records: list[dict], meta: dict, baseline: dict 
     best = best_record(records)
     best_path = folder / "best.txt"
     if best:
-        best_path.write_text(best["pipeline"] + "\n")
+        atomic_write(best_path, lambda tmp: Path(tmp).write_text(best["pipeline"] + "\n"))
     elif best_path.exists():
         best_path.unlink()
     why = plot_pareto(records, folder / "pareto.png", baseline)
     if why:
         notes.append(why)
-    (folder / "summary.md").write_text(summary_markdown(records, meta, baseline, "; ".join(notes) or None))
+    text = summary_markdown(records, meta, baseline, "; ".join(notes) or None)
+    atomic_write(folder / "summary.md", lambda tmp: Path(tmp).write_text(text))  # a full disk: a user error
     return notes

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 from ..errors import SlimcError, closest
 from ..compile_options import BackendSpec, InputOptions, ReportOptions, with_shorthands
+from ..preflight import check_search_run
 from .objective import TRIAL_REPORT, Constraints, TrialTask, loss_of, run_trial
 from .report import best_record, write_reports
 from .space import SearchSpace
@@ -272,11 +273,19 @@ def search(model, pipeline: str, example_inputs=None, *, inputs: InputOptions | 
     backend = BackendSpec.coerce(backend)
     stamp = datetime.now(timezone.utc).strftime("search-%Y%m%d-%H%M%S")
     folder = Path(store) if store is not None else Path("runs") / stamp
+    check_search_run(model, folder, inputs=[("--eval", eval)] if isinstance(eval, str) else ())
     st = TrialStore(folder)
     if trials is None:
-        trials = int((st.load_meta() or {}).get("trials") or 50) if resume else 50
+        stored = (st.load_meta() or {}).get("trials") if resume else None
+        trials = stored if isinstance(stored, int) and not isinstance(stored, bool) else 50
     if trials < 1:
         raise SlimcError("--trials must be at least 1.")
+    _check_numbers(0, trial_timeout=trial_timeout, parallelism=parallelism)
+    _check_numbers(-1, benchmark_iters=benchmark_iters, fidelity_samples=fidelity_samples)
+    from ..backend.base import get_backend
+
+    if backend.name:
+        get_backend(backend.name, **dict(backend.options))  # a bad option fails once now, not in every trial
     if algo not in ALGORITHMS:
         raise SlimcError(f"unknown search algorithm '{algo}'{closest(algo, ALGORITHMS)}. "
                          f"Known: {', '.join(ALGORITHMS)}.")
@@ -301,29 +310,41 @@ def search(model, pipeline: str, example_inputs=None, *, inputs: InputOptions | 
             "constraints": constraints.as_dict(), "algo": algo, "trials": trials, "seed": seed,
             "spark": spark, "started": utc_now()}
     records = sorted(st.open(meta, resume), key=lambda r: r["id"])
-    baseline = _baseline(task, space, st, resume, constraints.needs_baseline)
-    hyper_trials = _make_trials(spark, parallelism)
-    rebuild_trials(records, hyper_trials)
-    remaining = trials - len(records)
-    from tqdm.auto import tqdm
+    try:  # the store is locked from open to here: one search writes it at a time
+        baseline = _baseline(task, space, st, resume, constraints.needs_baseline)
+        hyper_trials = _make_trials(spark, parallelism)
+        rebuild_trials(records, hyper_trials)
+        remaining = trials - len(records)
+        from tqdm.auto import tqdm
 
-    bar = tqdm(total=max(trials, len(records)), initial=len(records), unit="trial", desc="search",
-               disable=not progress, dynamic_ncols=True)
-    recorder = _Recorder(st, records, bar)
-    # SparkTrials calls the hook only when a trial succeeds: poll too, so failures are stored at once.
-    poller = _Poller(recorder, hyper_trials) if spark else None
-    try:
-        if remaining > 0:
-            _run_fmin(_Objective(task, space, constraints, baseline), space, suggest, trials, hyper_trials,
-                      recorder, seed + len(records), spark is not None)
+        bar = tqdm(total=max(trials, len(records)), initial=len(records), unit="trial", desc="search",
+                   disable=not progress, dynamic_ncols=True)
+        recorder = _Recorder(st, records, bar)
+        # SparkTrials calls the hook only when a trial succeeds: poll too, so failures are stored at once.
+        poller = _Poller(recorder, hyper_trials) if spark else None
+        try:
+            if remaining > 0:
+                _run_fmin(_Objective(task, space, constraints, baseline), space, suggest, trials, hyper_trials,
+                          recorder, seed + len(records), spark is not None)
+        finally:
+            if poller:
+                poller.stop()
+            recorder(hyper_trials)
+            bar.close()
+            records.sort(key=lambda r: r["id"])
+            notes = write_reports(folder, records, meta, baseline)
+        notes = st.notes + notes
     finally:
-        if poller:
-            poller.stop()
-        recorder(hyper_trials)
-        bar.close()
-        records.sort(key=lambda r: r["id"])
-        notes = write_reports(folder, records, meta, baseline)
+        st.close()
     return SearchResult(folder, space, records, best_record(records), baseline, notes)
+
+
+def _check_numbers(above: int, **values) -> None:
+    """Counts and times must be greater than `above` (None: not given); checked before any work."""
+    for name, value in values.items():
+        if value is not None and not value > above:  # `not >` also catches NaN
+            flag = "--" + name.replace("_", "-")
+            raise SlimcError(f"{flag} {value} must be {'greater than 0' if above == 0 else 'at least 0'}.")
 
 
 def _make_trials(spark: str | None, parallelism: int | None):

@@ -9,7 +9,7 @@ import torch.nn as nn
 import slimc
 from slimc import SlimcError
 from slimc.frontend.inputs import example_inputs_from, parse_input_shape
-from slimc.frontend.specs import load_model
+from slimc.frontend.specs import load_model, trusted_pickles
 from support import TinyCNN, bn_modules
 
 
@@ -84,7 +84,9 @@ def test_factory_file_that_fails_to_import(tmp_path):
 def test_pickled_module_and_bad_pickles(tmp_path):
     good = tmp_path / "m.pt"
     torch.save(TinyCNN(), good)
-    assert bn_modules(load_model(str(good))) == ["bn1", "bn2"]
+    assert "--trust-pickle" in _error(str(good))  # a whole pickled module runs code: only on request
+    with trusted_pickles():
+        assert bn_modules(load_model(str(good))) == ["bn1", "bn2"]
     sd = tmp_path / "sd.pt"
     torch.save(TinyCNN().state_dict(), sd)
     assert "not a pickled nn.Module" in _error(str(sd))

@@ -126,7 +126,8 @@ def test_dynamic_batch_onnx_counts_macs_for_the_example_inputs():
     assert stats_of(model).params == Hand.PARAMS
     # the pass manager's records (what reports show) use the example inputs too
     result = slimc.compile(program_of(Hand().eval(), torch.randn(2, 3, 6, 6)).ir, torch.randn(2, 3, 6, 6),
-                           pipeline="to-onnx,simplify", backend=None, dynamic_batch=True, fidelity_samples=0)
+                           pipeline="to-onnx,simplify", backend=None, inputs=slimc.InputOptions(dynamic_batch=True),
+                           fidelity_samples=0)
     assert [p["stats"]["macs"] for p in result.report["passes"]] == [2 * Hand.MACS] * 2
     assert result.report["after"]["macs"] == result.report["before"]["macs"] == 2 * Hand.MACS
 

@@ -35,6 +35,7 @@ def test_open_refuses_to_overwrite_and_checks_resume_matches(tmp_path):
     store = TrialStore(tmp_path / "run")
     store.open({"pipeline": "p", "dimensions": ["x"]}, resume=False)
     store.append(_rec(0))
+    store.close()
     with pytest.raises(SlimcError, match="--resume"):
         TrialStore(tmp_path / "run").open({"pipeline": "p", "dimensions": ["x"]}, resume=False)
     with pytest.raises(SlimcError, match="another search"):
@@ -74,3 +75,126 @@ def test_constraints_mark_violations_and_rank_losses():
     # every feasible trial ranks before every infeasible one, whatever the scores
     assert loss_of(0.01, 0.0, True) < loss_of(0.99, 0.01, False) < loss_of(0.99, 0.5, False)
     assert math.isfinite(loss_of(-5.0, 2.0, False))
+
+
+# ---- one writer, validation, repair only of a torn tail ----------------------------------------
+
+META = {"pipeline": "p", "dimensions": ["x"]}
+
+
+def _stored(tmp_path, n=3):
+    with TrialStore(tmp_path / "run") as store:
+        store.open(META, resume=False)
+        for i in range(n):
+            store.append(_rec(i))
+    return tmp_path / "run"
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = _stored(tmp_path, 1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom slimc.search.store import TrialStore\n"
+         f"s = TrialStore({str(run)!r}); s.open({META!r}, resume=True); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ,
+                                                "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SlimcError, match=f"in use by another search \\(pid {holder.pid} on "):
+            TrialStore(run).open(META, resume=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [r["id"] for r in TrialStore(run).open(META, resume=True)] == [0]  # free again once it exits
+
+
+def test_torn_tail_is_cut_on_resume_and_said(tmp_path):
+    run = _stored(tmp_path)
+    with open(run / "trials.jsonl", "a") as fh:
+        fh.write('{"id": 3, "sta')
+    with TrialStore(run) as store:
+        assert [r["id"] for r in store.open(META, resume=True)] == [0, 1, 2]
+        assert "torn last line" in store.notes[0]
+    assert (run / "trials.jsonl").read_text().endswith("}\n")  # cut back to the last whole record
+
+
+def test_whole_last_record_missing_only_its_newline_is_kept(tmp_path):
+    run = _stored(tmp_path, 1)
+    with open(run / "trials.jsonl", "a") as fh:
+        fh.write(json.dumps(_rec(1)))
+    with TrialStore(run) as store:
+        assert [r["id"] for r in store.open(META, resume=True)] == [0, 1]
+        store.append(_rec(2))
+    assert [json.loads(x)["id"] for x in (run / "trials.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("garbage\n", "line 2: not JSON"),
+    ('[1, 2]\n', "line 2: a JSON list"),
+    ('{"id": "x", "status": "ok"}\n', "line 2: 'id' is 'x'"),
+    ('{"id": 7, "status": "great"}\n', "line 2: 'status' is 'great'"),
+    ('{"id": 7, "status": "ok", "loss": "low"}\n', "line 2: 'loss' is 'low'"),
+    (json.dumps({**_rec(0), "loss": -0.1}) + "\n", "line 2: trial id 0 was already used on line 1"),
+])
+def test_a_bad_line_in_the_middle_is_an_error_naming_it_and_nothing_is_changed(tmp_path, bad, words):
+    run = _stored(tmp_path, 2)
+    lines = (run / "trials.jsonl").read_text().splitlines(keepends=True)
+    (run / "trials.jsonl").write_text(lines[0] + bad + lines[1])
+    before = (run / "trials.jsonl").read_bytes(), (run / "search.json").read_bytes()
+    with pytest.raises(SlimcError, match=words.replace("(", r"\(").replace("[", r"\[")):
+        TrialStore(run).open(META, resume=True)
+    assert ((run / "trials.jsonl").read_bytes(), (run / "search.json").read_bytes()) == before
+
+
+def test_malformed_side_files_are_user_errors(tmp_path):
+    run = _stored(tmp_path, 1)
+    (run / "search.json").write_text('{"pipeline": ')
+    with pytest.raises(SlimcError, match="search.json' is not valid JSON"):
+        TrialStore(run).open(META, resume=True)
+    (run / "search.json").write_text("[1]")
+    with pytest.raises(SlimcError, match="holds a JSON list"):
+        TrialStore(run).load_meta()
+    (run / "baseline.json").write_text("nope")
+    with pytest.raises(SlimcError, match="baseline.json' is not valid JSON"):
+        TrialStore(run).load_baseline()
+
+
+def test_resume_needs_an_existing_search(tmp_path):
+    with pytest.raises(SlimcError, match="holds no search"):
+        TrialStore(tmp_path / "nothing").open(META, resume=True)
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_two_concurrent_searches_on_one_store(tmp_path, cli):
+    """The second search stops at once naming the first; the first finishes with every trial, ids unique."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from search_support import write_tiny_cnn
+
+    spec, run = write_tiny_cnn(tmp_path), tmp_path / "run"
+    argv = ["search", spec, "--input-shape", "1x3x16x16", "--pipeline", "fuse-bn,to-onnx{opset=choice(17,18)}",
+            "--store", str(run), "--trials", "3", "--algo", "rand", "--no-progress", "--fidelity-samples", "1",
+            "--benchmark-iters", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "slimc.cli.main", *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / ".lock").is_file() and f"pid {first.pid} " in (run / ".lock").read_text()):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        rc, out, err = cli(*argv)
+        assert rc == 2 and err.startswith("slimc: error:") and f"pid {first.pid}" in err, err
+        _, first_err = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_err
+    ids = [json.loads(x)["id"] for x in (run / "trials.jsonl").read_text().splitlines()]
+    assert ids == [0, 1, 2]

@@ -9,7 +9,7 @@ from typing import ClassVar
 from ...errors import SlimcError
 from ..base import Backend, register_backend
 from .cache import EngineCache, cache_key, graph_hash
-from .flavor import TrtFlavor, import_flavor, importable_flavors
+from .flavor import TrtFlavor, check_int8_graph, import_flavor, importable_flavors
 from .options import TensorRTOptions
 from .runner import TensorRTArtifact
 
@@ -39,6 +39,7 @@ def build_artifact(model, example_shapes: list[list[int]], opts: TensorRTOptions
 
     started = time.perf_counter()
     flavor = import_flavor(opts.flavor)
+    check_int8_graph(flavor, model)  # before the cache and the parser: a clear refusal, not a parser error
     ghash = graph_hash(model)
     key = cache_key(ghash, flavor.as_dict(), opts.engine_affecting(), example_shapes, _target(flavor, opts))
     cache = EngineCache(opts.resolved_cache_dir()) if opts.cache else None

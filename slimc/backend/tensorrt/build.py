@@ -89,18 +89,43 @@ def _compute_capabilities(trt, config, wanted: tuple[str, ...], flavor: str) -> 
         config.set_compute_capability(v, i)
 
 
+# Every serialized TensorRT timing cache starts with this tag (TensorRT's serialized-object header).
+TIMING_CACHE_MAGIC = b"ptrt"
+
+
+def _read_timing_cache(path: str) -> bytes:
+    """The bytes of an existing timing cache, b"" for a new (absent or empty) one; anything else is refused.
+
+    The file is read and later replaced, so it must really be a timing cache: a model, an engine or any
+    other file named by mistake stays untouched and the build stops with an error.
+    """
+    from ...ir.files import check_replaceable
+
+    check_replaceable(path, "tensorrt option timing_cache")
+    p = Path(path)
+    if not p.exists():
+        return b""
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise SlimcError(f"cannot read the timing cache '{path}': {exc.strerror}.") from None
+    if data and not data.startswith(TIMING_CACHE_MAGIC):
+        raise SlimcError(f"tensorrt option timing_cache='{path}' names a file that is not a TensorRT timing cache "
+                         f"(it does not start with {TIMING_CACHE_MAGIC!r}); slimc neither reads nor overwrites it. "
+                         "Name a new file or an existing timing cache.")
+    return data
+
+
 def _load_timing_cache(config, path: str | None, notes: list):
     if not path:
         return None
-    data = b""
-    if Path(path).is_file():
-        data = Path(path).read_bytes()
+    data = _read_timing_cache(path)
     with warnings.catch_warnings():  # RTX deprecates timing caches (they do not change its engines)
         warnings.simplefilter("ignore", DeprecationWarning)
         cache = config.create_timing_cache(data)
         if cache is None and data:
-            notes.append(f"timing cache '{path}' could not be read; started an empty one")
-            cache = config.create_timing_cache(b"")
+            raise SlimcError(f"TensorRT could not read the timing cache '{path}' (another TensorRT version, or "
+                             "damaged); it was left unchanged. Delete it or name a new file.")
         if cache is None or not config.set_timing_cache(cache, False):
             notes.append(f"timing cache '{path}' was not accepted by TensorRT; built without it")
             return None
@@ -111,9 +136,13 @@ def _save_timing_cache(cache, path: str, notes: list) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         data = bytes(cache.serialize())
+    if not data.startswith(TIMING_CACHE_MAGIC):  # never write something a later run would refuse to read
+        notes.append(f"timing cache not saved to '{path}': TensorRT serialized it in an unknown format")
+        return
     try:
+        _read_timing_cache(path)  # still a cache (or absent) now that the build is done
         atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
-    except (OSError, SlimcError) as exc:
+    except SlimcError as exc:
         notes.append(f"timing cache not saved to '{path}': {exc}")
 
 

@@ -58,6 +58,13 @@ def cache_key(graph: str, flavor: dict, options: dict, input_shapes: list, targe
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _valid_io(items) -> bool:
+    """A list of {"name", "shape", "dtype"} records, as network_signature writes them."""
+    return isinstance(items, list) and all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape"), list)
+        and isinstance(i.get("dtype"), str) for i in items)
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """A cache hit: the engine bytes and the metadata stored with them."""
@@ -92,6 +99,8 @@ class EngineCache:
             return self._corrupt(key, "metadata does not match this cache format or key")
         if len(data) != meta.get("engine_bytes") or hashlib.sha256(data).hexdigest() != meta.get("engine_sha256"):
             return self._corrupt(key, "engine checksum mismatch")
+        if not _valid_io(meta.get("inputs")) or not _valid_io(meta.get("outputs")):  # e.g. edited by hand
+            return self._corrupt(key, "metadata lacks the engine's inputs or outputs")
         return CacheEntry(key, data, meta, engine_path)
 
     def _corrupt(self, key: str, why: str) -> None:

@@ -14,13 +14,10 @@ __all__ = ["load_engine", "inspect_engine", "format_engine_info"]
 
 
 def _sidecar(path: Path) -> dict:
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return {}
-    try:
-        return json.loads(side.read_text())
-    except ValueError as exc:
-        raise SlimcError(f"the sidecar '{side}' is not valid JSON ({exc}); re-save the engine with slimc.") from None
+    """The sidecar beside a saved engine, after checking the engine matches it (size and SHA-256)."""
+    from ...ir.files import verify_unit
+
+    return verify_unit(path)
 
 
 def load_engine(path, flavor: str | None = None) -> TensorRTArtifact:

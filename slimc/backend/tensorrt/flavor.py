@@ -14,7 +14,7 @@ from typing import Any
 
 from ...errors import SlimcError
 
-__all__ = ["TrtFlavor", "import_flavor", "importable_flavors", "make_logger", "INSTALL_HINT"]
+__all__ = ["TrtFlavor", "import_flavor", "importable_flavors", "make_logger", "INSTALL_HINT", "check_int8_graph"]
 
 _MODULES = {"full": "tensorrt", "rtx": "tensorrt_rtx"}
 INSTALL_HINT = ("pip install 'slimc[tensorrt]' (TensorRT for RTX, package tensorrt-rtx-cu13, builds engines on a "
@@ -83,6 +83,32 @@ def import_flavor(flavor: str = "auto") -> TrtFlavor:
         raise SlimcError(f"backend 'tensorrt' needs TensorRT, but neither 'tensorrt' nor 'tensorrt_rtx' is importable "
                          f"here. Install it with: {INSTALL_HINT}.")
     return found
+
+
+def check_int8_graph(flavor: TrtFlavor, model) -> None:
+    """Refuse an int8 QDQ graph (activations quantized, as quantize-int8 writes) that this TensorRT cannot build.
+
+    TensorRT for RTX has no int8 activation kernels (weight-only int8 GEMM and FP8 only, FP8 on compute
+    capability >= 8.9); the full TensorRT takes int8 QDQ but only symmetric (int8, zero point 0).
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    act_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    if not act_q:
+        return
+    if flavor.name == "rtx":
+        raise SlimcError(f"{flavor.label} cannot build this int8 QDQ graph ({len(act_q)} activations quantized): it "
+                         "has no int8 activation kernels, only weight-only int8 GEMM and FP8 (compute capability >= "
+                         "8.9). Use the full TensorRT (pip install tensorrt; backend option flavor=full) with "
+                         "quantize-int8{symmetric-activations=true}, run the int8 graph on onnxruntime or openvino, "
+                         "or drop quantize-int8 and use to-fp16 for TensorRT for RTX.")
+    from onnx import TensorProto, numpy_helper
+
+    asymmetric = [n.name for n in act_q if len(n.input) < 3 or n.input[2] not in inits
+                  or inits[n.input[2]].data_type != TensorProto.INT8 or numpy_helper.to_array(inits[n.input[2]]).any()]
+    if asymmetric:
+        raise SlimcError(f"{flavor.label} takes int8 QDQ graphs with symmetric int8 activations only, and "
+                         f"{len(asymmetric)} QuantizeLinear node(s) (e.g. '{asymmetric[0]}') use uint8 or a nonzero "
+                         "zero point. Quantize for TensorRT with quantize-int8{symmetric-activations=true}.")
 
 
 def make_logger(trt, keep_from: str = "WARNING"):

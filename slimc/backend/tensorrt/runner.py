@@ -8,14 +8,12 @@ clear SlimcError says what was found instead of a crash inside the runtime.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
 
 from ...errors import SlimcError
-from ...ir.onnx_io import atomic_write
+from ...ir.files import write_unit
 from ..base import Artifact, BenchmarkResult, CannotRunHere, as_numpy, input_list, time_calls
 from .flavor import TrtFlavor, make_logger
 from .gpu_probe import probe_gpu
@@ -201,12 +199,10 @@ class TensorRTArtifact(Artifact):
 
     def save(self, path) -> str:
         """`path` (.engine; `model.engine` inside it when a directory) plus `path.json`, the sidecar."""
-        path = Path(path)
-        if path.suffix != ".engine":
-            path = path / "model.engine"
-        atomic_write(path, lambda tmp: Path(tmp).write_bytes(self.engine))
-        text = json.dumps(self.sidecar(), indent=2)
-        atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))
+        from ..files import artifact_main_path
+
+        path = artifact_main_path(self.backend, path)
+        write_unit(path, lambda folder: (folder / path.name).write_bytes(self.engine), self.sidecar())
         self.path = str(path)
         return self.path
 

@@ -1,0 +1,145 @@
+"""QDQ graphs from onnxruntime.quantization: calibrate once, then place Q/DQ pairs for any exclusion set.
+
+`OrtQuantizer` holds the shape-inferred float graph and the calibration ranges (ONNX Runtime's
+calibration cache file), so the auto guard can rebuild the QDQ graph with different nodes left in
+float without calibrating again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+
+from ....errors import SlimcError
+
+__all__ = ["QuantSettings", "OrtQuantizer", "QUANTIZED_OPS"]
+
+# Ops that mark a graph as already quantized (QDQ or QOperator form).
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearMul", "QGemm", "MatMulNBits"}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    method: str  # minmax | entropy | percentile
+    per_channel: bool
+    symmetric_activations: bool
+    reduce_range: bool
+
+    def describe(self) -> dict:
+        act = "int8 symmetric" if self.symmetric_activations else "uint8 asymmetric"
+        return {"method": self.method, "per_channel": self.per_channel, "activations": act,
+                "weights": "int8 symmetric" + (" (7-bit range)" if self.reduce_range else ""),
+                "format": "QDQ (QuantizeLinear/DequantizeLinear pairs)"}
+
+
+class OrtQuantizer:
+    """Calibrate with `feeds` (ONNX Runtime's calibrator), then `quantize(exclude)` as often as needed."""
+
+    def __init__(self, model, feeds: list, settings: QuantSettings):
+        self.settings = settings
+        self._tmp = tempfile.TemporaryDirectory(prefix="slimc-int8-")
+        self.model = self._pre_process(model)
+        # quantize_static is given a file: from a ModelProto it writes external data it then cannot read back.
+        self._path = os.path.join(self._tmp.name, "float_for_quantizer.onnx")
+        import onnx
+
+        onnx.save(self.model, self._path)
+        self._cache = os.path.join(self._tmp.name, "calibration.json")
+        self._quantize(exclude=(), reader=_Reader(feeds))
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def quantize(self, exclude, only=None) -> object:
+        """The QDQ graph with the nodes named in `exclude` left in float (or only the nodes in `only` in int8)."""
+        return self._quantize(exclude, reader=None, only=only)
+
+    def _pre_process(self, model):
+        """Shape inference (symbolic, then ONNX's) so every activation has a type to quantize.
+        ORT's graph optimization step is skipped: node names must stay those the user sees (exclude=)."""
+        import onnx
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        src = os.path.join(self._tmp.name, "float.onnx")
+        dst = os.path.join(self._tmp.name, "float_inferred.onnx")
+        onnx.save(model, src)
+        try:
+            with _quiet():
+                quant_pre_process(src, dst, skip_optimization=True)
+            return onnx.load(dst)
+        except Exception:  # symbolic inference gives up on some graphs; ONNX's own inference is enough then
+            try:
+                return onnx.shape_inference.infer_shapes(model)
+            except Exception:
+                return model
+
+    def _quantize(self, exclude, reader, only=None):
+        import onnx
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        s = self.settings
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[s.method]
+        out = os.path.join(self._tmp.name, "int8.onnx")
+        extra = {"ActivationSymmetric": s.symmetric_activations, "WeightSymmetric": True}
+        try:
+            with _quiet():
+                quantize_static(self._path, out, reader, quant_format=QuantFormat.QDQ, per_channel=s.per_channel,
+                                reduce_range=s.reduce_range,
+                                activation_type=QuantType.QInt8 if s.symmetric_activations else QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                                nodes_to_quantize=list(only) if only else None,
+                                calibrate_method=method, extra_options=extra, calibration_cache_path=self._cache)
+        except SlimcError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SlimcError(f"ONNX Runtime's quantizer failed on this graph: {type(exc).__name__}: {first}. "
+                             "Leave the failing op type out with exclude=OP, or run `simplify` first.") from None
+        return onnx.load(out)
+
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over prepared feeds (duck-typed: get_next/rewind)."""
+
+    def __init__(self, feeds: list):
+        self._feeds = feeds
+        self._pos = 0
+
+    def get_next(self):
+        if self._pos >= len(self._feeds):
+            return None
+        self._pos += 1
+        return self._feeds[self._pos - 1]
+
+    def rewind(self):
+        self._pos = 0
+
+    def __len__(self):
+        return len(self._feeds)
+
+    def __iter__(self):
+        self.rewind()
+        return iter(self.get_next, None)
+
+    def set_range(self, start_index: int, end_index: int):
+        self._feeds = self._feeds[start_index:end_index]
+        self._pos = 0
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs advice (pre-processing hints) and prints progress; keep the user's console clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
