@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..registry import Pass, PassResult, register_pass
+from ._graph import node_subgraphs
 
 __all__ = ["DedupeWeights", "tied_transposes", "retie_transposed", "MIN_TIED_ELEMENTS"]
 
@@ -37,9 +38,8 @@ def _rename_inputs(graph, mapping: dict[str, str]) -> None:
         for i, name in enumerate(node.input):
             if name in mapping:
                 node.input[i] = mapping[name]
-        for attr in node.attribute:  # If/Loop/Scan bodies see the outer graph's tensors
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                _rename_inputs(sub, mapping)
+        for sub in node_subgraphs(node):  # If/Loop/Scan bodies see the outer graph's tensors
+            _rename_inputs(sub, mapping)
 
 
 def _digest(array) -> bytes:

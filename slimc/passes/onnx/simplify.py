@@ -13,7 +13,7 @@ import io
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...errors import SlimcError
+from ...errors import SlimcError, first_line
 from ...ir.onnx_io import fits_protobuf
 from ..registry import Pass, PassResult, register_pass
 from ._graph import fingerprint
@@ -59,8 +59,7 @@ class Simplify(Pass):
         except Exception as exc:
             # onnxsim cannot take every graph the ONNX checker accepts; leaving such a graph as it is
             # keeps the pass lossless, and the report says why nothing happened.
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            return PassResult(program, False, {"skipped": f"onnxsim failed: {first[:200]}"})
+            return PassResult(program, False, {"skipped": f"onnxsim failed: {first_line(exc)[:200]}"})
         if not ok:
             raise SlimcError("onnxsim's own check found the simplified graph differs from its input; "
                              "drop 'simplify' from the pipeline or report the model.")
