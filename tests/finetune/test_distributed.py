@@ -82,7 +82,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                            str(path), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"ddp.rank{r}") for r in (0, 1)]
-    assert not any(r["initialised_after"] for r in ranks)  # the group slimc opened is closed again
+    assert all(r["initialised_after"] for r in ranks)  # the group slimc opened stays for the next call
 
     # Without BatchNorm: the same weights as one process on the whole batches (float summation order aside).
     # Tolerance: 1e-5 absolute on weights of magnitude ~0.1-1 after 15 AdamW steps.
