@@ -6,10 +6,11 @@ one fails only when it is asked for, with the extra to install.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +30,7 @@ __all__ = [
     "NoOptions",
     "input_list",
     "as_numpy",
+    "sample_arrays",
     "time_calls",
 ]
 
@@ -99,6 +101,17 @@ def as_numpy(x) -> np.ndarray:
             t = t.float()
         return t.numpy()
     return np.asarray(x)
+
+
+def sample_arrays(specs, seed: int = 0) -> list[np.ndarray]:
+    """Arrays for `benchmark` and smoke runs from (shape, dtype) pairs: standard normal floats, zeros
+    otherwise (zeros are a valid index, id or mask for any integer input)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, dtype in specs:
+        dt = np.dtype(dtype)
+        out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating) else np.zeros(shape, dt))
+    return out
 
 
 class Artifact:
@@ -225,15 +238,25 @@ def parse_backend_options(cls: type[Backend], raw) -> Any:
     return build_options(cls.Options, raw or {}, f"backend '{cls.name}'", with_types=True)
 
 
-def get_backend(name: str, **options) -> Backend:
+def get_backend(name: str, options=None, /, **more) -> Backend:
     """The backend called `name` with its options checked (kebab- or snake_case keys, texts or values).
 
-    Every option is validated here, so `compile` fails on a bad one before any pass runs::
+    `options` is a dict or the backend's Options instance; keyword options are added to it. Every
+    option is validated here, so `compile` fails on a bad one before any pass runs::
 
         get_backend("onnxruntime", threads=2, optimization="basic")
-        get_backend("tensorrt", **{"dynamic-batch": "1:8:32"})
+        get_backend("tensorrt", {"dynamic-batch": "1:8:32"})
+        get_backend("onnxruntime", OnnxRuntimeOptions(threads=2))
     """
-    return _backend_class(name)(options=dict(options))
+    cls = _backend_class(name)
+    if isinstance(options, cls.Options) and not more:
+        return cls(options=options)
+    if isinstance(options, cls.Options):
+        options = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    elif options is not None and not isinstance(options, Mapping):
+        raise SlimcError(f"options of backend '{name}' must be a dict of option values or "
+                         f"{cls.Options.__name__}, not {type(options).__name__}.")
+    return cls(options={**(options or {}), **more})
 
 
 def backend_options(name: str | None = None) -> dict[str, list[dict]]:

@@ -11,7 +11,7 @@ from ..errors import SlimcError
 from ..ir.files import write_unit
 from ..ir.onnx_io import save_onnx
 from ..ir.ort_session import session_for
-from .base import Artifact, Backend, as_numpy, register_backend
+from .base import Artifact, Backend, as_numpy, register_backend, sample_arrays
 from .files import artifact_main_path
 
 __all__ = ["OnnxRuntimeBackend", "OnnxRuntimeArtifact", "OnnxRuntimeOptions", "session_for"]
@@ -65,14 +65,8 @@ class OnnxRuntimeArtifact(Artifact):
         return self.session.run(None, {n: as_numpy(x) for n, x in zip(self.input_names, inputs)})
 
     def sample_inputs(self, batch: int = 1) -> list[np.ndarray]:
-        rng = np.random.default_rng(0)
-        out = []
-        for i in self.session.get_inputs():
-            shape = [d if isinstance(d, int) else batch for d in i.shape]
-            dt = _dtype(i.type)
-            out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating)
-                       else np.zeros(shape, dtype=dt))
-        return out
+        return sample_arrays([([d if isinstance(d, int) else batch for d in i.shape], _dtype(i.type))
+                              for i in self.session.get_inputs()])
 
     def signature(self) -> dict:
         def sig(items):

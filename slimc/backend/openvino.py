@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import SlimcError, first_line
 from ..ir.onnx_io import save_onnx
-from .base import Artifact, Backend, as_numpy, parse_backend_options, register_backend
+from .base import Artifact, Backend, as_numpy, parse_backend_options, register_backend, sample_arrays
 
 __all__ = ["OpenVinoBackend", "OpenVinoArtifact", "OpenVinoOptions", "KNOWN_OPTIONS"]
 
@@ -183,14 +183,8 @@ class OpenVinoArtifact(Artifact):
         return [np.array(result[out]) for out in self.compiled.outputs]
 
     def sample_inputs(self, batch: int = 1) -> list[np.ndarray]:
-        rng = np.random.default_rng(0)
-        out = []
-        for p in self.compiled.inputs:
-            shape = [d.get_length() if d.is_static else batch for d in p.get_partial_shape()]
-            dt = p.get_element_type().to_dtype()
-            out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating)
-                       else np.zeros(shape, dtype=dt))
-        return out
+        return sample_arrays([([d.get_length() if d.is_static else batch for d in p.get_partial_shape()],
+                               p.get_element_type().to_dtype()) for p in self.compiled.inputs])
 
     def signature(self) -> dict:
         def sig(ports):

@@ -60,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from ..passes.pipeline import Pipeline
     from .guard import guard_compile
 
-    guard_compile(args)  # before any work: no output may land on an input or a device node
     text = pipeline_text(args, DEFAULT)
     if args.finetune:
         text = _with_finetune(text, args.finetune, args.epochs)
@@ -70,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         end = None if args.backend == "torch" else "onnx"
         print(pipeline.lowered(start_level(args.model), end).print())
         return 0
+    guard_compile(args)  # before any work: no output may land on an input or a device node
     table = PassTable([p.name for p in pipeline])
     result = compile(args.model, pipeline=pipeline, backend=backend, inputs=input_options(args),
                      instrumentation=instrumentation(args, on_pass=table.row),

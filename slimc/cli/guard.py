@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["guard_compile", "guard_opt", "guard_search"]
+__all__ = ["guard_compile", "guard_opt", "guard_search", "opt_outputs"]
 
 
 def _user_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -24,9 +24,8 @@ def _user_inputs(args: argparse.Namespace) -> list[tuple[str, object]]:
 def guard_compile(args: argparse.Namespace) -> None:
     from ..preflight import check_compile_run
 
-    check_compile_run(args.model, backend=args.backend,
-                      output_dir=args.output_dir, report_path=args.report, dump_ir=args.dump_ir,
-                      benchmark_iters=args.benchmark, inputs=_user_inputs(args))
+    check_compile_run(args.model, backend=args.backend, output_dir=args.output_dir, report_path=args.report,
+                      dump_ir=args.dump_ir, benchmark_iters=args.benchmark, inputs=_user_inputs(args))
 
 
 def opt_outputs(output: str | None) -> list[tuple[str, Path]]:

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             artifact = target.build(program)
             feeds[id(artifact)] = program.random_inputs(seed=0)
-            jobs.append((label, artifact, program.ir))
+            jobs.append((label, artifact, program.ir, program.metadata.get("fx_module")))
     profiles = profile_models(jobs, lambda a: feeds[id(a)], options)
     data = {"profiles": [p.as_dict() for p in profiles], "compare": {}}
     for backend in backends:
@@ -202,7 +202,8 @@ def after_compile(args: argparse.Namespace, result) -> None:
             raise SlimcError("--profile needs an ONNX backend artifact (--backend onnxruntime or openvino).")
         try:
             prof = profile_artifact(result.artifact, result.onnx, result.program.random_inputs(seed=0),
-                                    ProfileOptions(runs=args.profile_runs), label=_label(str(args.model)))
+                                    ProfileOptions(runs=args.profile_runs), label=_label(str(args.model)),
+                                    graph_module=result.module)
         except CannotRunHere as exc:  # e.g. a TensorRT engine built here for a GPU machine: keep it, say why
             print(f"not profiled: {exc}")
             result.report["profile"] = {"skipped": str(exc)}

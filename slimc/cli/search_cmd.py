@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from .compile_cmd import _backend_options
     from .guard import guard_search
 
-    guard_search(args)  # before any work: the store must not hold an input; numbers are checked
+    guard_search(args)  # before any work: the store must not hold an input
     text = pipeline_text(args, None)
     if args.objective == "accuracy" and not args.eval:
         raise SlimcError("--objective accuracy needs --eval FILE.py:FN, the function that scores a compiled model "

@@ -7,8 +7,9 @@ the ONNX node names. Overlays:
 * out-channels   output channels of each Conv / Gemm / MatMul weight (and, given the dense
                  graph, `channels-kept`: the fraction kept per module after prune-channels)
 * conv-groups    the `group` attribute of each Conv (after group-conv)
-* fp32-nodes     1 for a compute node whose output is still float32 in a graph that holds
-                 float16 or int8 (what to-fp16 / int8 left in full precision), 0 otherwise
+* fp32-nodes     1 for a compute node left in float32 in a graph that holds float16 or int8 (what
+                 to-fp16 / quantize-int8 left in full precision), 0 for one in float16 or fed
+                 through a DequantizeLinear (int8 in a QDQ graph)
 * profile-ms     per-node milliseconds from a `slimc profile --report` JSON
 """
 
@@ -101,10 +102,15 @@ def fp32_nodes(model) -> dict | None:
         return None
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    # In a QDQ graph (quantize-int8) a quantized Conv still reads and writes float32 tensors: what makes
+    # it int8 is that its data input comes through a DequantizeLinear (the runtime fuses the pair).
+    dequantized = {o for n in g.node if n.op_type == "DequantizeLinear" for o in n.output}
     flags = {}
     for i, node in enumerate(g.node):
-        if node.op_type in _COMPUTE and node.output and node.output[0] in types:
-            flags[node.name or f"{node.op_type}_{i}"] = 1 if types[node.output[0]] == 1 else 0
+        if node.op_type not in _COMPUTE or not node.output or node.output[0] not in types:
+            continue
+        low_precision = types[node.output[0]] != 1 or (node.input and node.input[0] in dequantized)
+        flags[node.name or f"{node.op_type}_{i}"] = 0 if low_precision else 1
     return _node_data(flags, "left in fp32")
 
 

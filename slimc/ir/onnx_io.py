@@ -13,7 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 
 __all__ = ["fits_protobuf", "write_json", "load_onnx", "save_onnx", "save_onnx_text", "model_size_bytes", "PROTOBUF_LIMIT", "atomic_write"]
 
@@ -78,7 +78,7 @@ def load_onnx(path: str | os.PathLike):
     try:
         onnx.checker.check_model(model if fits_protobuf(model) else str(path))
     except Exception as exc:
-        raise SlimcError(f"'{path}' is not a valid ONNX model: {str(exc).splitlines()[0]}") from None
+        raise SlimcError(f"'{path}' is not a valid ONNX model: {first_line(exc)}") from None
     return model
 
 

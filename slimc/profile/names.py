@@ -82,12 +82,17 @@ class GraphIndex:
     modules: dict = field(default_factory=dict)    # node name -> module path
 
     @classmethod
-    def of(cls, model) -> "GraphIndex":
+    def of(cls, model, graph_module=None) -> "GraphIndex":
+        """graph_module: the FX GraphModule the graph was exported from, when known; it restores the
+        module paths of TorchScript-exported GraphModules (see fx_scopes)."""
+        from .fx_scopes import resolve_flat_scopes
+
         index = cls()
+        restored = resolve_flat_scopes(model, graph_module) if graph_module is not None else {}
         for i, node in enumerate(model.graph.node):
             name = node.name or f"{node.op_type}_{i}"
             index.nodes[name] = node
-            index.modules[name] = module_of_node(node)
+            index.modules[name] = restored.get(name) or module_of_node(node)
             for out in node.output:
                 index.producer[out] = name
         # Longest first: a reorder named after '/layer1/conv1/Conv' must not match '/layer1/conv1' first.

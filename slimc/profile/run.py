@@ -84,11 +84,14 @@ def profile_models(jobs: list[tuple[str, object, object]], inputs_for, options: 
                    ) -> list[Profile]:
     """Profile several built artifacts, interleaved.
 
-    jobs: (label, artifact, onnx.ModelProto or None) — the ONNX graph names the modules and counts MACs.
+    jobs: (label, artifact, onnx.ModelProto or None[, FX GraphModule]) — the ONNX graph names the modules
+          and counts MACs; the GraphModule it was exported from, when known, restores module paths the
+          TorchScript exporter dropped.
     inputs_for(artifact): the numpy inputs to run it on.
     """
-    timers = [timer_for(artifact) for _, artifact, _ in jobs]
-    feeds = [inputs_for(artifact) for _, artifact, _ in jobs]
+    jobs = [tuple(job) + (None,) * (4 - len(job)) for job in jobs]
+    timers = [timer_for(job[1]) for job in jobs]
+    feeds = [inputs_for(job[1]) for job in jobs]
     plain = [[] for _ in jobs]
     for timer, feed in zip(timers, feeds):
         timer.profiled(feed, options.warmup)
@@ -100,8 +103,8 @@ def profile_models(jobs: list[tuple[str, object, object]], inputs_for, options: 
             _settle()
             plain[i] += timer.plain(feed, options.runs)
     profiles = []
-    for (label, artifact, model), timer, feed, times in zip(jobs, timers, feeds, plain):
-        index = GraphIndex.of(model) if model is not None else None
+    for (label, artifact, model, graph_module), timer, feed, times in zip(jobs, timers, feeds, plain):
+        index = GraphIndex.of(model, graph_module) if model is not None else None
         layers = _layers(timer.runs(skip_runs=options.warmup), index)
         macs = _module_macs(model, index, feed) if model is not None else {}
         profiles.append(Profile(artifact.backend, label, layers, statistics.median(times),
@@ -112,8 +115,9 @@ def profile_models(jobs: list[tuple[str, object, object]], inputs_for, options: 
 
 
 def profile_artifact(artifact, model=None, inputs=None, options: ProfileOptions = ProfileOptions(),
-                     label: str = "") -> Profile:
-    """Profile one built artifact (`model`: its ONNX graph, for module names and MACs).
+                     label: str = "", graph_module=None) -> Profile:
+    """Profile one built artifact (`model`: its ONNX graph, for module names and MACs; `graph_module`:
+    the FX module it was exported from, if any).
 
     Example::
 
@@ -121,5 +125,5 @@ def profile_artifact(artifact, model=None, inputs=None, options: ProfileOptions 
         prof = profile_artifact(result.artifact, result.onnx)
         print(prof.profiled_ms, prof.end_to_end_ms)
     """
-    return profile_models([(label, artifact, model)],
+    return profile_models([(label, artifact, model, graph_module)],
                           lambda a: list(inputs) if inputs is not None else a.sample_inputs(), options)[0]

@@ -114,3 +114,14 @@ def test_parsed_options_are_what_the_artifact_reports(tiny_cnn, tiny_input):
     result = slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn,to-onnx", backend="onnxruntime",
                            backend_options={"threads": "1", "optimization": "basic"}, fidelity_samples=0)
     assert result.report["backend"]["threads"] == 1 and result.report["backend"]["optimization"] == "basic"
+
+
+def test_get_backend_takes_a_dict_or_an_options_object():
+    from slimc.backend.onnxruntime import OnnxRuntimeOptions
+
+    opts = OnnxRuntimeOptions(threads=2)
+    assert get_backend("onnxruntime", opts).options is opts
+    assert get_backend("onnxruntime", {"threads": "2"}).options == opts
+    assert get_backend("onnxruntime", opts, optimization="basic").options == OnnxRuntimeOptions(2, "basic")
+    with pytest.raises(SlimcError, match="must be a dict of option values or OnnxRuntimeOptions"):
+        get_backend("onnxruntime", 2)

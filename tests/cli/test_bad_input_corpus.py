@@ -329,6 +329,8 @@ CASES = [
          ("already holds files",)),
     Case("ok-dump-ir-replaces-earlier-dump", ["opt", *ONNX, "-o", "{ws}/o.onnx", "--dump-ir", "{ws}/d"],
          setup=_earlier_dump, check=_only_new_dumps, changes=("d/*", "d/.*", "o.onnx", "first.onnx")),
+    Case("ok-print-pipeline-touches-no-dump", ["compile", *ONNX, "--dump-ir", "{ws}/d", "--print-pipeline"],
+         setup=_earlier_dump),  # the hashes check that the earlier dump is still all there
     Case("ok-trt-cache-entry-without-inputs-rebuilt",
          ["compile", *ONNX, "--backend", "tensorrt", "--backend-option", "cache_dir={ws}/cache",
           "--report", "{ws}/r.json"], setup=_trt_entry_without_inputs, check=_trt_rebuilt,

@@ -109,3 +109,17 @@ def test_overlays_after_real_group_conv_and_to_fp16():
     kept = [n.name for n in result.onnx.graph.node if n.op_type == "ReduceMean"]
     convs = [n.name for n in result.onnx.graph.node if n.op_type == "Conv"]
     assert all(fp32[n] == 1 for n in kept) and all(fp32[n] == 0 for n in convs)
+
+
+def test_fp32_overlay_after_real_quantize_int8():
+    import torch
+
+    import slimc
+
+    result = slimc.compile(ps.Nested(8).eval(), torch.randn(*ps.SHAPE), backend=None, fidelity_samples=0,
+                           pipeline="to-onnx,quantize-int8{calib=random samples=4 exclude=Gemm}")
+    fp32 = _values(overlays_for(result.onnx)["fp32-nodes"])
+    gemm = [n.name for n in result.onnx.graph.node if n.op_type == "Gemm"]
+    convs = [n.name for n in result.onnx.graph.node if n.op_type == "Conv"]
+    assert [fp32[n] for n in gemm] == [1]  # excluded: left in float32
+    assert [fp32[n] for n in convs] == [0, 0, 0]  # QDQ-fed: int8

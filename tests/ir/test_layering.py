@@ -7,7 +7,8 @@ from pathlib import Path
 
 import slimc
 
-ABOVE_IR = ("backend", "passes", "cli", "search", "compiler", "frontend", "finetune")
+ABOVE_IR = ("backend", "passes", "cli", "search", "compiler", "compile_options", "frontend", "finetune", "profile",
+            "report", "explore")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

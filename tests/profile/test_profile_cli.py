@@ -73,6 +73,8 @@ def test_compile_profile_and_html_report(cli, tmp_path):
     data = json.loads(report.read_text())
     prof = data["profile"]["profiles"][0]
     assert prof["backend"] == "onnxruntime" and prof["layers"]
+    # the default TorchScript export of the FX module names nodes '/conv_1/Conv'; the paths come back
+    assert {"stem", "layers.0.conv", "layers.1.conv", "head"} <= {r["module"] for r in prof["by_module"] if r["ms"] > 0}
     html = page.read_text()
     assert "Passes" in html and "simplify" in html and "Latency breakdown" in html
 

@@ -62,3 +62,26 @@ def test_runtime_names_map_back_to_nodes():
     assert index.match(f"{relu_out}_nchwc", "Relu") == "/layers/layers.1/act/Relu"
     assert index.match("ReorderOutput") is None
     assert index.modules["/layers/layers.1/conv/Conv"] == "layers.1.conv"
+
+
+def test_flat_torchscript_names_of_a_graph_module_get_their_paths_back():
+    import torch
+
+    import slimc
+    from slimc.profile.fx_scopes import resolve_flat_scopes
+
+    # slimc exports the FX GraphModule: the TorchScript exporter then names layers.1.conv '/conv_1/Conv'
+    result = slimc.compile(ps.Nested().eval(), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript}",
+                           backend=None, fidelity_samples=0)
+    names = [n.name for n in result.onnx.graph.node]
+    assert "/conv_1/Conv" in names and not any(n.startswith("/layers/") for n in names)
+    index = GraphIndex.of(result.onnx, result.module)
+    got: dict = {}
+    for name, node in index.nodes.items():
+        got.setdefault(node.op_type, []).append(index.modules[name])
+    assert got == EXPECTED
+    # a graph module that does not line up (another width) is refused: short names stay
+    other = slimc.compile(ps.Nested(4).eval(), torch.randn(*ps.SHAPE), pipeline="to-onnx{exporter=torchscript}",
+                          backend=None, fidelity_samples=0)
+    assert resolve_flat_scopes(result.onnx, other.module) == {}
+    assert resolve_flat_scopes(result.onnx, None) == {}

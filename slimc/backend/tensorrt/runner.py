@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import SlimcError
 from ...ir.files import write_unit
-from ..base import Artifact, BenchmarkResult, CannotRunHere, as_numpy, input_list, time_calls
+from ..base import Artifact, BenchmarkResult, CannotRunHere, as_numpy, input_list, sample_arrays, time_calls
 from .flavor import TrtFlavor, make_logger
 from .gpu_probe import probe_gpu
 
@@ -172,17 +172,14 @@ class TensorRTArtifact(Artifact):
         return time_calls(runner.execute, warmup, iters)
 
     def sample_inputs(self, batch: int | None = None) -> list[np.ndarray]:
-        rng = np.random.default_rng(0)
-        profile, examples, out = self.info.get("profile") or {}, self.info.get("example_shapes") or [], []
+        profile, examples, specs = self.info.get("profile") or {}, self.info.get("example_shapes") or [], []
         for n, spec in enumerate(self.signature["inputs"]):
             shape = list(profile[spec["name"]]["opt"]) if spec["name"] in profile else \
                 [d if d >= 0 else (examples[n][a] if n < len(examples) else 1) for a, d in enumerate(spec["shape"])]
             if batch is not None and shape:
                 shape[0] = batch
-            dt = np.dtype("float32" if spec["dtype"] in ("bfloat16", "float8_e4m3") else spec["dtype"])
-            out.append(rng.standard_normal(shape).astype(dt) if np.issubdtype(dt, np.floating)
-                       else np.zeros(shape, dtype=dt))
-        return out
+            specs.append((shape, "float32" if spec["dtype"] in ("bfloat16", "float8_e4m3") else spec["dtype"]))
+        return sample_arrays(specs)
 
     def describe(self) -> dict:
         keys = ("cache_hit", "cache_key", "cache_entry", "cache_note", "build_seconds", "backend_seconds", "notes",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["fingerprint", "to_gs", "from_gs"]
+__all__ = ["fingerprint", "to_gs", "from_gs", "node_subgraphs"]
 
 
 def fingerprint(model) -> tuple:
@@ -17,6 +17,11 @@ def fingerprint(model) -> tuple:
         tuple(sorted((t.name, tuple(t.dims), t.data_type) for t in g.initializer)),
         tuple(o.name for o in g.output),
     )
+
+
+def node_subgraphs(node) -> list:
+    """The GraphProto bodies a node holds in its attributes (If branches, Loop and Scan bodies)."""
+    return [g for a in node.attribute for g in ([a.g] if a.HasField("g") else []) + list(a.graphs)]
 
 
 def to_gs(model):

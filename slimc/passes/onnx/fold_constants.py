@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..registry import Pass, PassResult, register_pass
-from ._graph import fingerprint, from_gs, to_gs
+from ._graph import fingerprint, from_gs, node_subgraphs, to_gs
 
 __all__ = ["FoldConstants"]
 
@@ -54,11 +54,10 @@ def _broken_reference(model) -> str | None:
             for name in node.input:
                 if name and name not in scope:
                     return f"'{name}' used by {node.op_type} '{node.name}' is never defined"
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                    why = walk(sub, scope)
-                    if why:
-                        return why
+            for sub in node_subgraphs(node):
+                why = walk(sub, scope)
+                if why:
+                    return why
             scope |= set(node.output)
         for out in graph.output:
             if out.name not in scope:

@@ -10,8 +10,9 @@ Rules (names for `fuse{disable=...}`):
     conv-mul, mul-conv, add-conv, gemm-mul, gemm-add
                               Mul / Add by constants into Conv / Gemm weights       (affine.py)
 
-Rules are onnxscript rewrite rules (pattern + check + rewrite); a check that rejects a match
-says why, and the pass reports matches per rule and rejections per reason.
+Rules are onnxscript rewrite rules (pattern + check + rewrite, on onnxscript's public rewriter
+API); a check that rejects a match says why, and the pass reports matches per rule and
+rejections per reason.
 
 Example::
 
@@ -20,20 +21,14 @@ Example::
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import ClassVar
 
 from ....errors import closest
 from ...registry import Pass, PassResult, register_pass
 from . import affine, batchnorm, bias, layout, norm, pad
-from ._rule import begin_session, matches, rejections
 
 __all__ = ["Fuse", "RULES"]
-
-# Rules record matches and rejections in module state for the run in progress (onnxscript's
-# check functions have no other channel back): one run at a time.
-_RUN_LOCK = threading.Lock()
 
 RULES: dict[str, tuple] = {**batchnorm.RULES, **bias.RULES, **layout.RULES, **pad.RULES, **norm.RULES,
                            **affine.RULES}
@@ -68,9 +63,8 @@ class Fuse(Pass):
         from ._apply import run_rules
 
         active = {name: rules for name, rules in RULES.items() if name not in self.disable}
-        with _RUN_LOCK:
-            model, counts = run_rules(program.ir, active, self.max_rounds, begin_session, matches)
-            details = {"matches": {k: v for k, v in counts.items() if v}, "rejected": rejections()}
+        model, counts, rejected = run_rules(program.ir, active, self.max_rounds)
+        details = {"matches": {k: v for k, v in counts.items() if v}, "rejected": rejected}
         if model is None:
             return PassResult(program, False, details)
         return PassResult(program.with_ir(model), True, details)

@@ -2,39 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["run_rules", "indexed"]
-
-
-def _pattern_ops(rule) -> tuple[str | None, set[str]]:
-    """(the op type at the pattern's root, every op type in the pattern); (None, set()) if unknown."""
-    try:
-        pattern = rule._target_pattern  # onnxscript keeps the compiled pattern here
-        return pattern.output_node.op_identifier()[1], {n.op_identifier()[1] for n in pattern._nodes}
-    except Exception:
-        return None, set()
-
-
-def indexed(rule):
-    """Make `rule` skip nodes of another op type before matching: onnxscript tries every rule on
-    every node (~0.1 ms each), so with ~50 rules a 1,000-node graph would cost seconds per sweep."""
-    root, _ = _pattern_ops(rule)
-    if root is None or getattr(rule, "_slimc_indexed", False):
-        return rule
-    original = rule.try_rewrite
-
-    def try_rewrite(model, graph_or_function, node, **kwargs):
-        if node.op_type != root:
-            return None
-        return original(model, graph_or_function, node, **kwargs)
-
-    rule.try_rewrite = try_rewrite
-    rule._slimc_indexed = True
-    return rule
-
-
-def _applicable(rule, present: set[str]) -> bool:
-    _, ops = _pattern_ops(rule)
-    return ops <= present
+__all__ = ["run_rules"]
 
 
 def _with_shapes(model):
@@ -54,6 +22,7 @@ def _with_shapes(model):
 def _remove_identities(graph) -> None:
     """Drop Identity nodes a rule left behind, unless their output is a graph output."""
     from onnxscript import ir
+    from onnxscript.rewriter import RULE_NAME_TAG
 
     outputs = set(id(v) for v in graph.outputs)
     for node in list(graph):
@@ -62,7 +31,7 @@ def _remove_identities(graph) -> None:
         src, out = node.inputs[0], node.outputs[0]
         if src is None or id(out) in outputs:
             continue
-        if not node.metadata_props.get("pkg.onnxscript.rewriter.rule_name"):
+        if not node.metadata_props.get(RULE_NAME_TAG):
             continue  # only our own: the user's Identities are not this pass's business
         ir.convenience.replace_all_uses_with(out, src)
         graph.remove(node, safe=True)
@@ -71,40 +40,41 @@ def _remove_identities(graph) -> None:
 def _constants_to_the_right(graph) -> None:
     """Add(c, x) -> Add(x, c), Mul likewise: rules then need one operand order for constants.
     Only the in-memory copy changes; when no rule matches, the pass returns its input untouched."""
-    from onnxscript.rewriter import _ir_utils
+    from ._rule import const_value
 
     for node in graph:
         if node.op_type in ("Add", "Mul") and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
             a, b = node.inputs
-            if a is not None and b is not None and _ir_utils.get_const_value(a) is not None \
-                    and _ir_utils.get_const_value(b) is None:
+            if a is not None and b is not None and const_value(a) is not None and const_value(b) is None:
                 node.replace_input_with(0, b)
                 node.replace_input_with(1, a)
 
 
-def run_rules(proto, rules: dict[str, tuple], max_rounds: int, begin, matched):
-    """(rewritten ModelProto or None when nothing matched, {rule name: matches})."""
-    import onnxscript.optimizer
+def run_rules(proto, rules: dict[str, tuple], max_rounds: int):
+    """(rewritten ModelProto or None when nothing matched, {rule name: matches}, {rule: {reason: count}})."""
     from onnxscript import ir
+    from onnxscript.optimizer import basic_constant_propagation
     from onnxscript.rewriter import RewriteRuleSet
 
+    from ._rule import fuse_session
+
     if not rules:
-        return None, {}
+        return None, {}, {}
     model = ir.serde.deserialize_model(_with_shapes(proto))
-    begin(model)
-    onnxscript.optimizer.basic_constant_propagation(model.graph)
+    basic_constant_propagation(model.graph)
     _constants_to_the_right(model.graph)
     present = {n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)}
-    candidates = [indexed(r) for rs in rules.values() for r in rs if _applicable(r, present)]
+    candidates = [r for rs in rules.values() for r in rs if r.applicable(present)]
     if not candidates:
-        return None, {}
+        return None, {}, {}
     rule_set = RewriteRuleSet(candidates)
-    for _ in range(max_rounds):
-        if not rule_set.apply_to_model(model):
-            break
-    counts = matched()
+    with fuse_session(model) as session:
+        for _ in range(max_rounds):
+            if not rule_set.apply_to_model(model):
+                break
+    counts, rejected = session.matches(), session.rejections()
     if not any(counts.values()):
-        return None, counts
+        return None, counts, rejected
     _remove_identities(model.graph)
     ir.passes.common.RemoveUnusedNodesPass()(model)
     out = ir.serde.serialize_model(model)
@@ -114,4 +84,4 @@ def run_rules(proto, rules: dict[str, tuple], max_rounds: int, begin, matched):
     del out.graph.value_info[:]
     out.graph.value_info.extend(vis)
     out.ir_version = max(proto.ir_version, 4)  # new initializers need not be inputs from IR 4 on
-    return out, counts
+    return out, counts, rejected

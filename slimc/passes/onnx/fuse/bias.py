@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from ._rule import FLOAT_TYPES, FuseRule, channel_vector, known_shape, new_initializer, opset, rank_of, weight
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from ._rule import FuseRule, attr_int, attr_ints, const, rank_of
 

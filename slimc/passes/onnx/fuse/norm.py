@@ -13,7 +13,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from ._rule import FLOAT_TYPES, FuseRule, attr_int, attr_ints, const, new_initializer, opset, rank_of
 

@@ -12,7 +12,7 @@ import math
 from typing import ClassVar
 
 import numpy as np
-from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter import MatchResult
 
 from ._rule import FuseRule, attr_int, attr_ints, attr_str, const, rank_of
 

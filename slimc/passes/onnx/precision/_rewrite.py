@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._graph import node_subgraphs
 from ._slots import F32
 
 __all__ = ["rewrite"]
@@ -17,15 +18,13 @@ def _subgraph_refs(graph) -> set[str]:
         local = local | {i.name for i in g.input} | {t.name for t in g.initializer}
         for n in g.node:
             refs.update(x for x in n.input if x and x not in local)
-            for a in n.attribute:
-                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    walk(sub, local | set(n.output))
+            for sub in node_subgraphs(n):
+                walk(sub, local | set(n.output))
             local |= set(n.output)
 
     for node in graph.node:
-        for a in node.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                walk(sub, set())
+        for sub in node_subgraphs(node):
+            walk(sub, set())
     return refs
 
 
@@ -133,9 +132,8 @@ def _drop_unused_constants(g) -> None:
     def collect(graph):
         for n in graph.node:
             used.update(n.input)
-            for a in n.attribute:
-                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    collect(sub)
+            for sub in node_subgraphs(n):
+                collect(sub)
 
     collect(g)
     graph_inputs = {i.name for i in g.input}

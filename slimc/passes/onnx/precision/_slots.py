@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._graph import node_subgraphs
+
 __all__ = ["SENSITIVE_OPS", "COMPUTE_OPS", "F32", "convertible_slots", "OrtProbe", "value_types"]
 
 SENSITIVE_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "GroupNormalization", "InstanceNormalization",
@@ -50,7 +52,7 @@ def convertible_slots(node, opset: int, types: dict, low: str):
         return f"op of domain '{node.domain}'"
     if node.op_type in _TYPED_OPS:
         return "op whose types are set by attributes"
-    if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+    if node_subgraphs(node):
         return "op with a subgraph body"
     if node.op_type in ("ScatterND", "ScatterElements") and any(
             a.name == "reduction" and a.s not in (b"", b"none") for a in node.attribute):

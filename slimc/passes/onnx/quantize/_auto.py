@@ -38,7 +38,7 @@ def auto_guard(quantizer, layers: list, base_exclude: tuple, feeds: list, tolera
     """(the QDQ model, names left in float, details). `layers`: names of the quantizable compute nodes."""
 
     def run(model):
-        from ....backend.onnxruntime import session_for  # one session for all feeds (ir.runner makes one per call)
+        from ....ir.ort_session import session_for  # one session for all feeds (ir.runner makes one per call)
 
         sess = session_for(model)
         return [sess.run(None, feed) for feed in feeds]

@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-from ....errors import SlimcError
+from ....errors import SlimcError, first_line
 
 __all__ = ["QuantSettings", "OrtQuantizer", "QUANTIZED_OPS"]
 
@@ -98,8 +98,7 @@ class OrtQuantizer:
         except SlimcError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise SlimcError(f"ONNX Runtime's quantizer failed on this graph: {type(exc).__name__}: {first}. "
+            raise SlimcError(f"ONNX Runtime's quantizer failed on this graph: {type(exc).__name__}: {first_line(exc)}. "
                              "Leave the failing op type out with exclude=OP, or run `simplify` first.") from None
         return onnx.load(out)
 
