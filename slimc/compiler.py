@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .backend.base import Artifact, CannotRunHere, get_backend
-from .errors import SlimcError
+from .errors import SlimcError, first_line
 from .frontend.inputs import check_tensor_fits, example_inputs_from
 from .frontend.specs import describe_source, load_model
 from .frontend.capture import capture
@@ -110,9 +110,9 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
             backend: BackendSpec | str | None = "onnxruntime", *, inputs: InputOptions | None = None,
             instrumentation: Instrumentation | None = None, report: ReportOptions | None = None,
             input_shapes: Sequence[str] | None = None, dynamic_batch: bool | None = None,
-            leaf_modules: Sequence | None = None,
-            seed: int | None = None, backend_options: dict | None = None, output_dir: str | Path | None = None,
-            fidelity_samples: int | None = None, benchmark_iters: int | None = None) -> CompileResult:
+            leaf_modules: Sequence | None = None, seed: int | None = None, backend_options: dict | None = None,
+            output_dir: str | Path | None = None, fidelity_samples: int | None = None,
+            benchmark_iters: int | None = None) -> CompileResult:
     """Compile a model through a pass pipeline to a backend.
 
     Example::
@@ -125,14 +125,14 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     backend: 'onnxruntime', 'torch', ... (or a BackendSpec with options), None for no artifact (the IR only).
     inputs, instrumentation, report: the options objects (slimc.InputOptions, slimc.Instrumentation,
         slimc.ReportOptions). The keyword shorthands below set one field of one of them (given beside
-        the object, the shorthand wins): input_shapes, dynamic_batch, leaf_modules, seed -> inputs; backend_options ->
-        backend; output_dir, fidelity_samples, benchmark_iters -> report.
+        the object, the shorthand wins): input_shapes, dynamic_batch, leaf_modules, seed -> inputs;
+        backend_options -> backend; output_dir, fidelity_samples, benchmark_iters -> report.
     """
     started = time.perf_counter()
     inputs = with_shorthands(inputs or InputOptions(), shapes=input_shapes, dynamic_batch=dynamic_batch,
                              leaf_modules=leaf_modules, seed=seed)
-    report_opts = with_shorthands(report or ReportOptions(), output_dir=output_dir, fidelity_samples=fidelity_samples,
-                        benchmark_iters=benchmark_iters)
+    report_opts = with_shorthands(report or ReportOptions(), output_dir=output_dir,
+                                  fidelity_samples=fidelity_samples, benchmark_iters=benchmark_iters)
     target_spec = BackendSpec.coerce(backend, backend_options)
     inst = instrumentation or Instrumentation()
     pipe = Pipeline.coerce(pipeline)
@@ -222,8 +222,7 @@ def _fidelity(program: Program, final: Program, artifact, samples: int, seed: in
     except CannotRunHere as exc:  # built ahead of time for another machine: keep it, say why unchecked
         return {"skipped": str(exc)}
     except Exception as exc:  # the check must not end a compile whose artifact is built
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return {"error": f"failed to measure: {first}"}
+        return {"error": f"failed to measure: {first_line(exc)}"}
 
 
 def _lifted(program: Program) -> Program:

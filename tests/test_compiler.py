@@ -247,3 +247,12 @@ def test_nan_or_inf_after_to_fp16_fails_the_fidelity_check(tmp_path):
     assert not result.ok
     fine = slimc.compile(str(path), pipeline="simplify", backend="onnxruntime", input_shapes=["2x16"])
     assert fine.ok and fine.report["fidelity"]["nonfinite"] == 0
+
+
+def test_torchvision_weights_are_the_same_each_run():
+    pytest.importorskip("torchvision")
+    a = slimc.compile("torchvision:squeezenet1_1", input_shapes=["1x3x32x32"], pipeline="to-onnx", backend=None,
+                      fidelity_samples=0)
+    b = slimc.compile("torchvision:squeezenet1_1", input_shapes=["1x3x32x32"], pipeline="to-onnx", backend=None,
+                      fidelity_samples=0)
+    assert all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b)))

@@ -177,9 +177,12 @@ def print_table(rows_file):
     print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if lat else ""))
     for label in order:
         rs = [r for r in acc_rows if r["variant"] == label]
-        line = (f"| {label} | {len(rs)} | {rs[0]['macs'] / 1e6:.2f} | {rs[0]['macs'] / dense_macs:.2f} | "
+        lo, hi = min(r["macs"] for r in rs), max(r["macs"] for r in rs)  # global scope may differ per seed
+        macs = f"{lo / 1e6:.2f}" if lo == hi else f"{lo / 1e6:.2f}-{hi / 1e6:.2f}"
+        ratio = f"{lo / dense_macs:.2f}" if lo == hi else f"{lo / dense_macs:.2f}-{hi / dense_macs:.2f}"
+        line = (f"| {label} | {len(rs)} | {macs} | {ratio} | "
                 f"{_cell([r['acc_pass'] for r in rs])} | {_cell([r['acc_bn_recal'] for r in rs])} | "
-                f"{_cell([r['acc_finetune'] for r in rs])} |")
+                f"{_cell([r['acc_finetune'] for r in rs], 2)} |")
         if lat:
             ms = lat["latency_ms"].get(label)
             line += (f" {ms:.3f} | {ms / lat['latency_ms']['dense']:.2f} |" if ms else " | |")

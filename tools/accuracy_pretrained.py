@@ -157,6 +157,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prune-only", action="store_true", help="skip the lossless and fp16 rows (another ratio)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -180,12 +181,13 @@ def main():
         print(f"  {label}: " + ", ".join(f"{k} {v:.1f}%" for k, v in agree.items()) + f", max abs err {err:.3g}",
               flush=True)
 
-    lossless = compiled_artifact(dense, LOSSLESS, "onnxruntime", 50, threads=args.threads)
-    dense_macs = lossless.report["before"]["macs"] / 50
-    row("lossless pipeline, ORT", dense_macs, {k: artifact_logits(lossless.artifact, x) for k, x in test.items()})
+    if not args.prune_only:
+        lossless = compiled_artifact(dense, LOSSLESS, "onnxruntime", 50, threads=args.threads)
+        dense_macs = lossless.report["before"]["macs"] / 50
+        row("lossless pipeline, ORT", dense_macs, {k: artifact_logits(lossless.artifact, x) for k, x in test.items()})
+        fp16 = compiled_artifact(dense, LOSSLESS + ",to-fp16", "onnxruntime", 50, threads=args.threads)
+        row("lossless + to-fp16, ORT", dense_macs, {k: artifact_logits(fp16.artifact, x) for k, x in test.items()})
     latency_models["dense"] = dense
-    fp16 = compiled_artifact(dense, LOSSLESS + ",to-fp16", "onnxruntime", 50, threads=args.threads)
-    row("lossless + to-fp16, ORT", dense_macs, {k: artifact_logits(fp16.artifact, x) for k, x in test.items()})
 
     example = torch.randn(1, 3, SIZE, SIZE)
     prune = f"prune-channels{{ratio={args.ratio}}}"
@@ -211,8 +213,9 @@ def main():
     for label, module in latency_models.items():
         arts[(label, "onnxruntime")] = compiled_artifact(module, LOSSLESS, "onnxruntime", 1, threads=args.threads).artifact
         arts[(label, "openvino")] = compiled_artifact(module, LOSSLESS, "openvino", 1, threads=args.threads).artifact
-    arts[("dense fp16", "onnxruntime")] = compiled_artifact(dense, LOSSLESS + ",to-fp16", "onnxruntime", 1,
-                                                            threads=args.threads).artifact
+    if not args.prune_only:
+        arts[("dense fp16", "onnxruntime")] = compiled_artifact(dense, LOSSLESS + ",to-fp16", "onnxruntime", 1,
+                                                                threads=args.threads).artifact
     x1 = [example.numpy()]
     best = {k: float("inf") for k in arts}
     for _ in range(args.rounds):
@@ -226,7 +229,7 @@ def main():
     for label, m, agree, err, note in rows:
         print(f"| {label} | {m / 1e6:.0f} | " + " | ".join(f"{agree[k]:.1f}%" for k in keys) + f" | {err:.3g} | {note} |")
     print("\n| model | ONNX Runtime ms | OpenVINO ms |\n|---|---:|---:|")
-    for label in list(latency_models) + ["dense fp16"]:
+    for label in list(latency_models) + ([] if args.prune_only else ["dense fp16"]):
         ort, ov = best.get((label, "onnxruntime")), best.get((label, "openvino"))
         print(f"| {label} | {ort:.2f} | " + (f"{ov:.2f} |" if ov else "- |"))
 

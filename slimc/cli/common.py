@@ -110,10 +110,13 @@ class PassTable:
         name_w = max([len(n) for n in pass_names] + [len("to-onnx"), len("(fidelity)")])
         self.widths = [3, name_w, 5, 8, 7, 8, 8, 6, 10]
         self.count = 0
-        self._line(self.COLUMNS)
-        self._line(["-" * w for w in self.widths])
+        self._started = False
 
     def _line(self, cells) -> None:
+        if not self._started:  # the header waits for the first row: a model that fails to load prints none
+            self._started = True
+            self._line(self.COLUMNS)
+            self._line(["-" * w for w in self.widths])
         text = "  ".join(str(c).ljust(w) for c, w in zip(cells, self.widths)).rstrip()
         print(text, file=self.out or sys.stdout, flush=True)
 

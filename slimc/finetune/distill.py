@@ -8,6 +8,7 @@ loop uses autocast (bf16 where supported, else fp16 with a grad scaler) and chan
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -94,8 +95,8 @@ def _pick_device(device: str) -> str:
     return device
 
 
-def finetune(module, train_data: Iterable, teacher=None, epochs: int = 1, lr: float = 1e-3, device: str = "auto",
-             config: FinetuneConfig | None = None) -> FinetuneResult:
+def finetune(module, train_data: Iterable, teacher=None, epochs: int | None = None, lr: float | None = None,
+             device: str = "auto", config: FinetuneConfig | None = None) -> FinetuneResult:
     """Fine-tune `module` in place on `train_data` (an iterable of batches, re-iterated each epoch).
 
     Example::
@@ -104,13 +105,17 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int = 1, lr: fl
         result.history[-1]["loss"]
 
     teacher: the original model (outputs distilled from); None trains on labels alone.
+    epochs, lr: given beside `config`, they override its fields (config=FinetuneConfig(...) sets the rest).
+    The learning rate follows a cosine from `lr` to 0 over the real number of steps: epochs x len(data)
+    (capped by max_steps); for data without len() it stays at `lr` during the first epoch, which
+    counts the steps, then anneals over the remaining ones.
     Returns the module (moved back to the CPU, in eval mode) and a history of losses per step.
     """
     import time
 
     import torch
 
-    cfg = config or FinetuneConfig(epochs=epochs, lr=lr)
+    cfg = _config(config, epochs=epochs, lr=lr)
     dp = data_parallel(_pick_device(device))  # under torchrun: DDP, this process's share of each batch
     dev = dp.device
     on_gpu = dev.startswith("cuda")
@@ -133,10 +138,11 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int = 1, lr: fl
         per_epoch = len(train_data)  # type: ignore[arg-type]
     except TypeError:
         per_epoch = None
-    total = cfg.max_steps or (per_epoch * cfg.epochs if per_epoch else None)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total or 1000, 1))
+    schedule = _Cosine(cfg, per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.factor)
+    total = schedule.total
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    bar = _progress(total, cfg.progress and dp.is_main)
+    bar = _progress(total or cfg.max_steps, cfg.progress and dp.is_main)
     history: list[dict] = []
     start, step = time.perf_counter(), 0
     try:
@@ -174,6 +180,8 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int = 1, lr: fl
                     break
             if cfg.max_steps and step >= cfg.max_steps:
                 break
+            if epoch == 0:
+                schedule.first_epoch_done(step)
         dp.sync_buffers(module)
     finally:
         if bar is not None:
@@ -185,6 +193,35 @@ def finetune(module, train_data: Iterable, teacher=None, epochs: int = 1, lr: fl
     if teacher is not None:
         teacher.to("cpu")
     return FinetuneResult(module, history, dev, time.perf_counter() - start)
+
+
+def _config(config: FinetuneConfig | None, **overrides) -> FinetuneConfig:
+    """The config with the keyword arguments that were given (not None) put in: they win."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(config or FinetuneConfig(), **given)
+
+
+class _Cosine:
+    """Cosine annealing from the base lr to 0 over the run's real step count (LambdaLR's factor)."""
+
+    def __init__(self, cfg: FinetuneConfig, per_epoch: int | None):
+        self.cfg, self.sized, self.start = cfg, per_epoch is not None, 0
+        self.total = self._capped(per_epoch * cfg.epochs) if per_epoch else None
+
+    def _capped(self, steps: int) -> int:
+        return min(steps, self.cfg.max_steps) if self.cfg.max_steps else steps
+
+    def first_epoch_done(self, steps: int) -> None:
+        if not self.sized:  # data without len(): the first epoch told us its length; anneal over the rest
+            self.total = self._capped(steps * self.cfg.epochs)
+            self.start = steps
+
+    def factor(self, step: int) -> float:
+        if not self.total:
+            return 1.0
+        span = max(self.total - self.start, 1)
+        done = min(max(step - self.start, 0), span)
+        return 0.5 * (1.0 + math.cos(math.pi * done / span))
 
 
 def _progress(total, enabled: bool):

@@ -4,7 +4,8 @@
 
 Nothing changes in the call. When torchrun's environment is there (WORLD_SIZE > 1, RANK) or a process
 group is already initialised, `slimc.finetune` joins the group (gloo on the CPU, NCCL on GPUs; it
-initialises the group itself when needed and tears down only what it set up), wraps the module in
+initialises the group itself when needed, keeps it for later calls and destroys it when the process exits:
+re-initialising a group on torchrun's store within one process can hang), wraps the module in
 DistributedDataParallel and gives each process its share of the data:
 
 * batches from any iterable: every process iterates the same batches and takes its contiguous slice of
@@ -23,6 +24,7 @@ single process is close rather than exact.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -47,7 +49,6 @@ class DataParallel:
     rank: int = 0
     world_size: int = 1
     device: str = "cpu"
-    owns_group: bool = False  # initialised here, so destroyed here
     batch_share: float = 1.0  # this process's samples x world / the batch's samples (loss weight)
 
     @property
@@ -104,11 +105,7 @@ class DataParallel:
                 buf.div_(self.world_size)
 
     def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-            self.owns_group = False
+        """Nothing to release per call: a group slimc opened lives until the process exits (see data_parallel)."""
 
 
 def data_parallel(device: str) -> DataParallel:
@@ -131,7 +128,6 @@ def data_parallel(device: str) -> DataParallel:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = f"cuda:{local}"
         torch.cuda.set_device(local)
-    owns = False
     if not initialised:
         if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
             raise SlimcError(f"WORLD_SIZE={world} but RANK or MASTER_ADDR is not set: start the script with "
@@ -140,8 +136,15 @@ def data_parallel(device: str) -> DataParallel:
             dist.init_process_group("nccl" if on_gpu else "gloo")
         except Exception as exc:
             raise SlimcError(f"joining the torchrun process group failed: {type(exc).__name__}: {exc}") from None
-        owns = True
-    return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
+        atexit.register(_destroy_group)
+    return DataParallel(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
+
+
+def _destroy_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class _SlicedBatches:

@@ -17,12 +17,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import first_line as _first_line
+
 __all__ = ["fidelity"]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def fidelity(reference: Callable, candidate: Callable, input_sets: Sequence[Sequence[np.ndarray]],

@@ -122,7 +122,11 @@ def onnx_stats(model, example_inputs=()) -> Stats:
     """
 
     graph = model.graph
-    params = sum(_numel(t.dims) for t in graph.initializer if t.data_type in _FLOAT_TYPES)
+    # A QDQ graph stores weights in int8 (read by DequantizeLinear): they are parameters; the scales are not.
+    quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    quant_params = {x for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for x in n.input[1:]}
+    params = sum(_numel(t.dims) for t in graph.initializer
+                 if t.name in quantized or (t.data_type in _FLOAT_TYPES and t.name not in quant_params))
     for node in graph.node:
         if node.op_type == "Constant":
             for a in node.attribute:

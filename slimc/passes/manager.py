@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 from ..ir.program import Program
 from ..ir.stats import Stats, stats_of
 from .pipeline import Pipeline
@@ -184,7 +184,7 @@ class PassManager:
         try:
             got = new.run(check_inputs)
         except Exception as exc:  # a pass that breaks the IR must be named, like one that changes numbers
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise fail(VerificationError(
                 f"--verify-each: the program after pass '{p.name}' (#{index}) does not run: {first}. "
                 "This is a bug in the pass; run with --dump-ir to see the IR it produced."

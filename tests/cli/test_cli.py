@@ -443,3 +443,8 @@ def test_nan_after_to_fp16_fails_with_exit_code_3(cli, tmp_path):
     assert rc == 3 and "fidelity FAILED" in out
     rc, out, err = cli("compile", path, "--pipeline", "simplify")
     assert rc == 0, err
+
+
+def test_a_model_that_fails_to_load_prints_no_table(cli, models_py):
+    rc, out, err = cli("compile", f"{models_py}:tiny", "--input-shape", "1x4x8x8")
+    assert rc == 2 and out == "" and "slimc: error:" in err

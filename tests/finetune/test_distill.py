@@ -91,3 +91,36 @@ def test_finetune_pass_in_a_pipeline(tmp_path):
 def test_finetune_pass_without_data_is_explained():
     with pytest.raises(slimc.SlimcError, match="training data"):
         slimc.compile(_teacher(), torch.randn(1, 3, 8, 8), pipeline="finetune,to-onnx")
+
+
+# ---- keyword arguments beside a config, and the schedule's length --------------------------------
+
+class _Unsized:
+    """Batches re-iterable each epoch, with no len(): the step count is learnt in the first epoch."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_keyword_arguments_override_the_config():
+    data = _batches(n=4)
+    cfg = FinetuneConfig(epochs=1, lr=1e-3, progress=False)
+    result = slimc.finetune(_teacher(), data, teacher=_teacher(), epochs=3, lr=5e-2, config=cfg)
+    assert len(result.history) == 3 * len(data)  # epochs=3 beside the config is not ignored
+    assert result.history[0]["lr"] > 4e-2  # nor is lr
+    plain = slimc.finetune(_teacher(), data, teacher=_teacher(), config=cfg)
+    assert len(plain.history) == len(data) and plain.history[0]["lr"] <= 1e-3
+
+
+@pytest.mark.parametrize("wrap", [list, _Unsized])
+def test_the_cosine_schedule_spans_the_real_number_of_steps(wrap):
+    data = wrap(_batches(n=6))
+    result = slimc.finetune(_teacher(), data, teacher=_teacher(), epochs=2, lr=1e-2,
+                            config=FinetuneConfig(progress=False))
+    lrs = [h["lr"] for h in result.history]
+    assert len(lrs) == 12
+    assert lrs[-1] < 1e-6  # annealed to zero at the last step, not after a made-up 1000 steps
+    assert all(a >= b for a, b in zip(lrs[6:], lrs[7:]))  # decreasing once the length is known

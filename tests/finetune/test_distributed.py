@@ -57,8 +57,8 @@ SCRIPT = textwrap.dedent('''
         for bn in (False, True):
             result = run(bn)
             out[f"bn={bn}"] = {"state": result.module.state_dict(), "loss": [h["loss"] for h in result.history]}
+        out["initialised_after"] = dist.is_initialized()
         torch.save(out, f"{sys.argv[1]}.rank{os.environ['RANK']}")
-        print("initialised after finetune:", dist.is_initialized())
 ''')
 
 
@@ -81,8 +81,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(path), str(tmp_path / "ddp")], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("initialised after finetune: False") == 2  # the group slimc opened is closed again
     ranks = [torch.load(tmp_path / f"ddp.rank{r}") for r in (0, 1)]
+    assert all(r["initialised_after"] for r in ranks)  # the group slimc opened stays for the next call
 
     # Without BatchNorm: the same weights as one process on the whole batches (float summation order aside).
     # Tolerance: 1e-5 absolute on weights of magnitude ~0.1-1 after 15 AdamW steps.

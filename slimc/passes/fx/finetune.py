@@ -7,6 +7,7 @@ distills from the original model (the program's fidelity reference) on the user'
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -51,7 +52,7 @@ class Finetune(Pass):
         teacher = program.original if self.teacher and isinstance(program.original, torch.nn.Module) else None
         student = copy.deepcopy(program.ir)
         cfg = FinetuneConfig(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, alpha=self.alpha,
-                             max_steps=self.max_steps, progress=False)
+                             max_steps=self.max_steps, progress=sys.stderr.isatty())  # minutes: show a bar
         result = finetune(student, loader, teacher=copy.deepcopy(teacher) if teacher is not None else None,
                           device=self.device, config=cfg)
         h = result.history

@@ -17,6 +17,7 @@ from ...errors import SlimcError, first_line
 from ...ir.onnx_io import fits_protobuf
 from ..registry import Pass, PassResult, register_pass
 from ._graph import fingerprint
+from .dedupe_weights import retie_transposed, tied_transposes
 
 __all__ = ["Simplify"]
 
@@ -66,6 +67,12 @@ class Simplify(Pass):
         kept = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
         del simplified.metadata_props[:]
         simplified.metadata_props.extend(kept)
+        # Constant folding turns Transpose(tied embedding) into a second, transposed copy of the matrix
+        # (GPT-2's lm_head: 53.5 M -> 91.4 M parameters); a lossless pass must not grow the model.
+        tied = tied_transposes(simplified)
+        retie_transposed(simplified, tied)
         changed = fingerprint(simplified) != fingerprint(model)
-        return PassResult(program.with_ir(simplified) if changed else program, changed,
-                          {"nodes_removed": len(model.graph.node) - len(simplified.graph.node)})
+        details = {"nodes_removed": len(model.graph.node) - len(simplified.graph.node)}
+        if tied:
+            details["retied"] = len(tied)
+        return PassResult(program.with_ir(simplified) if changed else program, changed, details)

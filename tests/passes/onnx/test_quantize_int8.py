@@ -113,7 +113,7 @@ def _fresh(seed=99, n=8):
 
 
 def _run(model, x):
-    from slimc.backend.onnxruntime import session_for
+    from slimc.ir.ort_session import session_for
 
     sess = session_for(model)
     return sess.run(None, {sess.get_inputs()[0].name: x})
@@ -146,6 +146,9 @@ def test_qdq_placement_per_channel_scales_and_numbers(calib_file):
     assert not any(i.data_type == onnx.TensorProto.FLOAT and i.name.endswith("weight") for i in q.graph.initializer)
     d = res.report["passes"][-1]["details"]
     assert d["calibration"] == "loader" and d["samples"] == 8 and d["int8_layers"] == 3 and d["float_layers"] == []
+    stats = res.report["passes"][-1]["stats"]
+    assert stats["params"] == res.report["passes"][-2]["stats"]["params"]  # int8 weights still count, scales do not
+    assert stats["macs"] == res.report["passes"][-2]["stats"]["macs"]
     x = _fresh()  # fresh inputs the calibration never saw
     ref, got = _run(dense, x)[0], _run(q, x)[0]
     assert output_error([[ref]], [[got]]) < 0.03
@@ -320,3 +323,14 @@ def test_tensorrt_flavors_refuse_what_they_cannot_build(calib_file):
         check_int8_graph(full, asym)
     check_int8_graph(full, sym)  # what the full TensorRT builds
     check_int8_graph(rtx, dense)  # float graphs are not its business
+
+
+def test_tensorrt_for_rtx_backend_refuses_the_int8_graph(calib_file, tmp_path):
+    from slimc.backend.tensorrt.flavor import importable_flavors
+
+    if "rtx" not in importable_flavors():
+        pytest.skip("TensorRT for RTX is not installed")
+    with pytest.raises(SlimcError, match="TensorRT for RTX .* cannot build this int8 QDQ graph"):
+        slimc.compile(_net(), torch.rand(2, 3, 16, 16), pipeline=f"to-onnx,quantize-int8{{calib={calib_file}:batches}}",
+                      backend="tensorrt", backend_options={"flavor": "rtx", "cache_dir": str(tmp_path)},
+                      fidelity_samples=0)

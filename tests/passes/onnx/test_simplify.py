@@ -49,3 +49,27 @@ def test_already_simple_graph_is_unchanged():
     result = Simplify().apply(onnx_program(model))
     assert not result.changed
     assert op_types(result.program.ir) == ["Relu"]
+
+
+def test_simplify_does_not_untie_a_transposed_embedding():
+    """MatMul(h, Transpose(emb)) with a tied embedding: folding the Transpose would copy the matrix."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from slimc.ir.stats import onnx_stats
+    from support import init
+
+    emb = np.random.default_rng(0).standard_normal((128, 16)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h"]),
+             helper.make_node("Transpose", ["emb"], ["emb_t"], perm=[1, 0]),
+             helper.make_node("MatMul", ["h", "emb_t"], ["y"])]
+    graph = helper.make_graph(nodes, "tied", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 128])], [init("emb", emb)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    program = onnx_program(model)
+    result = Simplify().apply(program)
+    out = result.program.ir
+    assert onnx_stats(out).params == onnx_stats(model).params == 128 * 16
+    assert result.details.get("retied") == 1
+    ids = [np.random.default_rng(1).integers(0, 128, (2, 5))]
+    np.testing.assert_array_equal(program.run(ids)[0], result.program.run(ids)[0])
