@@ -113,7 +113,7 @@ def test_channel_groups_lists_stable_names_and_sizes():
     groups = channel_groups(prog.ir, prog.example_inputs)
     assert [(g.name, g.size, g.prunable) for g in groups] == [
         ("conv1", 24, True), ("conv2", 48, True), ("conv3", 64, True), ("fc", 10, False)]
-    assert "bn1:ch" in groups[0].members and "conv2:in" in groups[0].members
+    assert "bn1.weight:0" in groups[0].members and "conv2.weight:1" in groups[0].members
 
 
 class Opaque(nn.Module):

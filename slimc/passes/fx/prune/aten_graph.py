@@ -125,10 +125,20 @@ class _AtenInterpreter(_LabelInterpreter):
         inside = self.walk.custom_nodes[path]
         if all(u in inside for u in n.users) and n.users:
             return None
-        inputs = self.walk.custom_inputs[path]
-        args = tuple(self.concrete.get(a, self.env.get(a)) for a in inputs)
-        ctx = NodeContext(n, module, args, {}, out, tuple(self.labels.get(a) for a in inputs), {}, self.tracker,
-                          qualname=path, walk=self.walk)
+        # Values of the module's inputs may be freed by now: their recorded fake values give the shapes.
+        inputs = [a for a in self.walk.custom_inputs[path] if isinstance(a.meta.get("val"), torch.Tensor)]
+        args = [self.concrete.get(a, a.meta.get("val")) for a in inputs]
+        labels = [self.labels.get(a) for a in inputs]
+        if isinstance(module, torch.nn.MultiheadAttention) or type(module).__name__ == "SlimMultiheadAttention":
+            args, labels = (args * 3)[:3], (labels * 3)[:3]  # self-attention: query = key = value
+            if not getattr(module, "batch_first", False) and args and args[0].dim() == 3:
+                labels = [lab.transpose(0, 1) if isinstance(lab, torch.Tensor) else lab for lab in labels]
+        ctx = NodeContext(n, module, tuple(args), {}, out, tuple(labels), {}, self.tracker, qualname=path,
+                          walk=self.walk)
+        if isinstance(out, torch.Tensor):  # the layer's only output leaving it (need_weights=False)
+            ctx.out = (out, None)
+            result = handler.propagate(ctx)
+            return result[0] if isinstance(result, tuple) else result
         return handler.propagate(ctx)
 
     def _ctx(self, n, out):

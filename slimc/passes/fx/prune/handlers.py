@@ -103,6 +103,11 @@ def user_module_handler(module: nn.Module) -> Handler | None:
         found = _USER["modules"].get(cls)
         if found is not None:
             return found
+    # nn.MultiheadAttention keeps its heads in packed weights: its own handler cuts it (into SlimMultiheadAttention).
+    from .attention import SlimMultiheadAttention
+
+    if type(module) in (nn.MultiheadAttention, SlimMultiheadAttention):
+        return handler_for(module)
     return None
 
 
