@@ -129,10 +129,20 @@ def _scope_node_names(model) -> None:
             continue
         if not isinstance(scopes, list) or not scopes:
             continue
-        base = "/" + "".join(f"{s}/" for s in scopes[:-1] if s) + node.op_type
+        base = "/" + "".join(f"{_scope_atom(s)}/" for s in scopes[:-1] if s) + node.op_type
         count = taken.get(base, 0)
         taken[base] = count + 1
         node.name = base if count == 0 else f"{base}_{count}"
+
+
+def _scope_atom(qualified: str) -> str:
+    """'layer1.0.conv1' -> 'conv1', 'layer1.0' -> 'layer1.0': the dynamo exporter's scopes are qualified
+    module paths; the TorchScript exporter names each scope from its last non-numeric atom on."""
+    atoms = qualified.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return qualified
 
 
 def _name_batch_axis(model) -> None:

@@ -138,3 +138,18 @@ def test_dynamo_nodes_are_named_after_their_modules(tiny_cnn, tiny_input):
     names = [n.name for n in model.graph.node]
     assert "/conv1/Conv" in names and "/conv2/Conv" in names and "/fc/Gemm" in names, names
     assert len(set(names)) == len(names)
+
+
+def test_nested_dynamo_names_equal_the_torchscript_exporters():
+    """Nested modules: '/layers/layers.1/conv/Conv' from both exporters, not '/layers/layers.1/layers.1.conv/Conv'."""
+    import slimc
+    from profile_support import SHAPE, Nested
+
+    torch.manual_seed(0)
+    names = {}
+    for exporter in ("dynamo", "torchscript"):
+        result = slimc.compile(Nested().eval(), torch.randn(*SHAPE), pipeline=f"to-onnx{{exporter={exporter}}}",
+                               backend=None, fidelity_samples=0)
+        names[exporter] = [n.name for n in result.onnx.graph.node if n.op_type in ("Conv", "Relu", "Gemm")]
+    assert names["dynamo"] == names["torchscript"], names
+    assert "/layers/layers.1/conv/Conv" in names["dynamo"]
