@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +99,7 @@ def _onnx_program(model, examples, dynamic_batch: bool, source: str) -> Program:
     try:
         program.run([t.numpy() for t in examples])
     except Exception as exc:  # SlimcError from loading; onnxruntime's own errors for wrong shapes or dtypes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         shapes = ", ".join("x".join(map(str, t.shape)) + f":{str(t.dtype).replace('torch.', '')}" for t in examples)
         raise SlimcError(f"the ONNX model does not run on the given input shapes ({shapes}): {first}") from None
     return program

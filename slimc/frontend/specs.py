@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlimcError, closest
+from ..errors import SlimcError, closest, first_line
 
 __all__ = ["load_model", "describe_source", "load_callable", "trusted_pickles"]
 
@@ -81,8 +81,12 @@ def _torchvision(name: str):
     return builder(weights=None, **extra).eval()
 
 
-def load_callable(spec: str, what: str = "function"):
-    """'path/to/file.py:name' -> the callable `name` defined in that file."""
+def load_callable(spec: str, what: str = "function", *, cached: bool = False):
+    """'path/to/file.py:name' -> the callable `name` defined in that file.
+
+    cached: reuse the file's module when it was already imported (a search's eval function is looked
+    up once per trial; re-running the user's file each time would redo its imports and set-up).
+    """
     path_text, sep, name = spec.rpartition(":")
     path = Path(path_text)
     if not sep or not path_text.endswith(".py"):
@@ -90,13 +94,20 @@ def load_callable(spec: str, what: str = "function"):
     if not path.is_file():
         raise SlimcError(f"file '{path}' does not exist (from the spec '{spec}').")
     module_name = f"_slimc_user_{abs(hash(str(path.resolve())))}"
+    if cached and module_name in sys.modules:
+        return _callable_in(sys.modules[module_name], path, name)
     loader_spec = importlib.util.spec_from_file_location(module_name, path)
     mod = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = mod  # lets pickling and dataclasses in the user's file work
     try:
         loader_spec.loader.exec_module(mod)
     except Exception as exc:
+        del sys.modules[module_name]
         raise SlimcError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from None
+    return _callable_in(mod, path, name)
+
+
+def _callable_in(mod, path: Path, name: str):
     fn = getattr(mod, name, None)
     if fn is None or not callable(fn):
         names = [n for n in vars(mod) if callable(getattr(mod, n)) and not n.startswith("_")]
@@ -167,7 +178,7 @@ def _from_pickle(path: Path):
             "file or trust it, add --trust-pickle (in Python: `with slimc.frontend.specs.trusted_pickles():`)."
         ) from None
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SlimcError(f"cannot load '{path}' with torch.load: {first}") from None
     if not isinstance(obj, torch.nn.Module):
         raise SlimcError(

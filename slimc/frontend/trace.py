@@ -12,7 +12,7 @@ import os
 import traceback
 from typing import Sequence
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 
 __all__ = ["trace_module", "check_inputs_fit"]
 
@@ -91,7 +91,7 @@ def _trace_error(module, tracer, exc: Exception) -> SlimcError:
         else "rewrite the data-dependent control flow in forward(), or move it into a submodule and mark that a leaf "
         "(leaf_modules=[...] / --leaf-module NAME)"
     )
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     return SlimcError(f"torch.fx could not trace {inside}{where}: {first}. To go on, {hint}.")
 
 
@@ -106,7 +106,7 @@ def check_inputs_fit(module, example_inputs) -> list:
         with torch.no_grad():
             out = module(*example_inputs)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SlimcError(
             f"the model does not run on inputs of shape {shapes}: {first}. "
             "Give the shapes the model expects with --input-shape (once per input), e.g. --input-shape 1x3x224x224."

@@ -23,7 +23,7 @@ import warnings
 import weakref
 from typing import Sequence
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 
 __all__ = ["export_module", "exported_program_of", "parameter_owners", "parameter_modules", "output_names",
            "user_frame", "export_error"]
@@ -106,7 +106,7 @@ def exported_program_of(module, example_inputs: Sequence, *, dynamic_batch: bool
 
 def export_error(module, exc: Exception) -> SlimcError:
     """One paragraph: what torch.export refused, where in the user's code, and what to try."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     where = user_frame(exc)
     if "Cache" in first and "in output" in first:
         hint = ("the model returns a KV cache (" + first.split("'")[1].rsplit(".", 1)[-1] + "): build or call it "

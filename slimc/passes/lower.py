@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 from .registry import Pass, PassResult, register_pass
 
 __all__ = ["ToOnnx"]
@@ -58,7 +58,7 @@ class ToOnnx(Pass):
         except SlimcError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             other = "torchscript" if exporter == "dynamo" else "dynamo"
             raise SlimcError(
                 f"torch.onnx.export failed ({exporter} exporter, opset {self.opset}): {first}. "

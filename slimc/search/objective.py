@@ -6,11 +6,9 @@ A `TrialTask` is self-contained (model spec, input shapes, backend, eval spec, a
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import multiprocessing
 import re
-import sys
 import tempfile
 import time
 import traceback
@@ -18,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import SlimcError, closest
+from ..errors import SlimcError
 from ..compile_options import BackendSpec, InputOptions, ReportOptions
 
 __all__ = ["TrialTask", "Budget", "Constraints", "run_trial", "measure", "load_callable", "score_of", "loss_of"]
@@ -86,29 +84,12 @@ def _localized(task: TrialTask) -> TrialTask:
 
 
 def load_callable(spec: str) -> Callable:
-    """'path/to/file.py:fn' -> the function."""
-    path = _py_path(spec)
-    if path is None:
+    """'path/to/file.py:fn' -> the function (the eval function of a search; imported once per process)."""
+    from ..frontend.specs import load_callable as load_user_callable
+
+    if _py_path(spec) is None:
         raise SlimcError(f"--eval '{spec}' is not file.py:function (e.g. evalfile.py:evaluate).")
-    name = spec.rsplit(":", 1)[1]
-    if not Path(path).is_file():
-        raise SlimcError(f"eval file '{path}' does not exist (from --eval '{spec}').")
-    module_name = f"_slimc_eval_{abs(hash(str(Path(path).resolve())))}"
-    if module_name not in sys.modules:
-        mod_spec = importlib.util.spec_from_file_location(module_name, path)
-        mod = importlib.util.module_from_spec(mod_spec)
-        sys.modules[module_name] = mod
-        try:
-            mod_spec.loader.exec_module(mod)
-        except Exception as exc:
-            del sys.modules[module_name]
-            raise SlimcError(f"importing '{path}' failed: {type(exc).__name__}: {exc}") from None
-    mod = sys.modules[module_name]
-    fn = getattr(mod, name, None)
-    if not callable(fn):
-        names = [n for n in vars(mod) if callable(getattr(mod, n)) and not n.startswith("_")]
-        raise SlimcError(f"'{path}' has no function '{name}'{closest(name, names)}.")
-    return fn
+    return load_user_callable(spec, "function", cached=True)
 
 
 def score_of(fidelity: dict | None) -> tuple[float, str]:

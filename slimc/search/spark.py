@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 
-from ..errors import SlimcError
+from ..errors import SlimcError, first_line
 
 __all__ = ["spark_available", "spark_trials"]
 
@@ -70,7 +70,7 @@ def spark_trials(master: str, parallelism: int | None = None):
                    .config("spark.python.worker.reuse", "true")
                    .getOrCreate())
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SlimcError(f"cannot start a Spark session on '{master}': {first}") from None
     session.sparkContext.setLogLevel("ERROR")
     slots = parallelism or _local_slots(master) or session.sparkContext.defaultParallelism
