@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from ..ir.stats import human  # noqa: F401  (the CLI tables and the HTML report count alike)
 
 __all__ = ["add_model_args", "add_pipeline_args", "pipeline_text", "input_options", "instrumentation", "human",
            "table", "PassTable", "print_fidelity", "FIDELITY_FAILED", "print_err"]
@@ -76,16 +77,6 @@ def pipeline_text(args, default: str | None) -> str:
 
         raise SlimcError("give a pipeline with --pipeline TEXT or --pipeline-file FILE.")
     return default
-
-
-def human(n) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def table(rows: list[list[str]], out=None) -> None:

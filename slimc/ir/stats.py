@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["Stats", "fx_stats", "onnx_stats", "onnx_node_macs", "stats_of"]
+__all__ = ["Stats", "fx_stats", "onnx_stats", "onnx_node_macs", "stats_of", "human"]
 
 
 @dataclass(frozen=True)
@@ -226,3 +226,14 @@ def onnx_node_macs(model, example_inputs=()) -> dict[str, int]:
         if macs:
             per_node[node.name or f"{node.op_type}_{i}"] = int(macs)
     return per_node
+
+
+def human(n) -> str:
+    """1234567 -> '1.23M': counts as the CLI tables and reports print them."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"

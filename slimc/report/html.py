@@ -11,6 +11,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..ir.stats import human as _human
+
 __all__ = ["render_html_report", "write_html_report"]
 
 _CSS = """
@@ -25,16 +27,6 @@ svg text{font:11px system-ui,sans-serif;fill:#1d2733}pre{background:#f6f8fa;padd
 
 def _e(x) -> str:
     return html.escape(str(x))
-
-
-def _human(n) -> str:
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def _table(head: list[str], rows: list[list], flags: list[bool] | None = None) -> str:
