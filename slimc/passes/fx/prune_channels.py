@@ -81,6 +81,7 @@ class PruneChannels(Pass):
         if not program.example_inputs:
             raise SlimcError("prune-channels needs example inputs to follow channels through the graph; "
                              "give the model's input shape when compiling.")
+        self._check_ignore(program.ir)
         from ...frontend.export import export_module
 
         work = private_copy(program.ir, share_weights=self.criterion != "taylor").eval()
@@ -209,6 +210,17 @@ class PruneChannels(Pass):
         details["frontend"] = "torch.fx.symbolic_trace graph"
         details["layers_changed"] = len(changed)
         return PassResult(program.with_ir(gm), changed=bool(changed), details=details)
+
+    def _check_ignore(self, module) -> None:
+        """An `ignore=` entry that names no submodule would keep nothing whole, silently: say so."""
+        names = [n for n, _ in module.named_modules() if n]
+        unknown = [i for i in self.ignore if not any(n == i or n.startswith(i + ".") for n in names)]
+        if unknown:
+            from ...errors import closest
+
+            raise SlimcError(f"prune-channels: ignore names no submodule: {', '.join(unknown)}"
+                             f"{closest(unknown[0], names)}. Give module names or prefixes such as 'fc' or "
+                             "'layer4' (print(model) lists them).")
 
     def _check_names(self, analysis) -> None:
         names = {g.name for g in analysis.groups}

@@ -78,6 +78,9 @@ def test_ignore_and_per_group_ratios():
     assert widths(r) == (12, 48, 48)
     with pytest.raises(SlimcError, match="conv9"):
         PruneChannels(ratios={"conv9": 0.5}).apply(program())
+    # an ignore entry that names nothing would silently keep nothing whole
+    with pytest.raises(SlimcError, match=r"ignore names no submodule: conv22 \(did you mean 'conv2'"):
+        PruneChannels(ratio=0.5, ignore=("conv22",)).apply(program())
 
 
 def test_global_scope_removes_the_ratio_overall_without_emptying_a_group():
