@@ -1,6 +1,10 @@
 """Compile-time overhead of slimc against plain `torch.onnx.export` + onnxsim, in one run.
 
 Usage: .venv/bin/python tools/bench_compile.py [--models resnet50,mobilenet_v2] [--repeats 3]
+                                                [--exporter dynamo|torchscript]
+
+--exporter sets both slimc's `to-onnx{exporter=...}` and the baseline's exporter, so the overhead is
+slimc's own, not the difference between torch's two exporters.
 
 Prints, per model, the time of each pass of `fuse-bn,to-onnx,simplify`, slimc's own overhead split
 into loading (private copy, input check, tracing), statistics and the rest, and slimc's total (no
@@ -21,7 +25,7 @@ import warnings
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def baseline(model, x) -> float:
+def baseline(model, x, exporter: str) -> float:
     import onnx
     import onnxsim
     import torch
@@ -30,8 +34,12 @@ def baseline(model, x) -> float:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "m.onnx")
-        torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
-                          output_names=["output"])
+        if exporter == "dynamo":
+            torch.onnx.export(model, (x,), dynamo=True, opset_version=18, input_names=["input"],
+                              output_names=["output"], verbose=False).save(path)
+        else:
+            torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"],
+                              output_names=["output"])
         simplified, ok = onnxsim.simplify(onnx.load(path))
         assert ok
     return time.perf_counter() - start
@@ -59,7 +67,7 @@ class _Timed:
         setattr(self.module, self.name, self.inner)
 
 
-def slimc_compile(model, x):
+def slimc_compile(model, x, exporter: str):
     import slimc
     import slimc.compiler
     import slimc.passes.manager
@@ -67,7 +75,7 @@ def slimc_compile(model, x):
     with _Timed(slimc.compiler, "load_program") as load, _Timed(slimc.compiler, "stats_of") as stats_in, \
             _Timed(slimc.passes.manager, "stats_of") as stats_pm:
         start = time.perf_counter()
-        result = slimc.compile(model, x, pipeline="fuse-bn,to-onnx,simplify", backend=None, fidelity_samples=0)
+        result = slimc.compile(model, x, pipeline=f"fuse-bn,to-onnx{{exporter={exporter}}},simplify", backend=None, fidelity_samples=0)
         total = time.perf_counter() - start
     split = {"load": load.seconds, "stats": stats_in.seconds + stats_pm.seconds}
     # per run, so the medians below do not mix runs (a sum of medians is not the median of sums)
@@ -82,6 +90,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet50,mobilenet_v2")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -90,10 +99,10 @@ def main() -> int:
         model = torchvision.models.get_model(name, weights=None).eval()
         x = torch.randn(1, 3, 224, 224)
         base_t, slim_t, per_pass, parts = [], [], {}, {}
-        baseline(model, x), slimc_compile(model, x)  # warm-up: first-use imports are not compile time
+        baseline(model, x, args.exporter), slimc_compile(model, x, args.exporter)  # warm-up: first-use imports are not compile time
         for _ in range(args.repeats):
-            base_t.append(baseline(model, x))
-            t, result, split = slimc_compile(model, x)
+            base_t.append(baseline(model, x, args.exporter))
+            t, result, split = slimc_compile(model, x, args.exporter)
             slim_t.append(t)
             for rec in result.records:
                 # a pass's own time, without the statistics the pass manager takes after it
