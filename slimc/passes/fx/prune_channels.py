@@ -10,6 +10,7 @@ cannot follow is left whole, and `explain=true` lists which node kept which grou
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -28,6 +29,23 @@ _MAX_RETRIES = 8  # cuts retried with one more module kept whole
 
 class PruneWarning(UserWarning):
     """prune-channels removed much less than asked; the message names what held the channels."""
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off while the pass runs. The analysis allocates many small
+    objects (labels, graph values), which sets off full collections that scan every object torch and
+    the export left behind: 0.3-0.6 s of a 1-2 s first pass on resnet50. Reference counting still frees
+    what the pass drops; cycles wait for the next collection after the pass."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @register_pass
@@ -70,7 +88,7 @@ class PruneChannels(Pass):
             raise ValueError("round-to and min-channels must be at least 1")
 
     def apply(self, program) -> PassResult:
-        with single_threaded():
+        with single_threaded(), _collector_paused():
             return self._apply(program)
 
     def _apply(self, program) -> PassResult:
