@@ -188,3 +188,46 @@ def test_through_compile_and_the_cli(tmp_path):
     proto = onnx.load(str(tmp_path / "out" / "model.onnx"))
     groups = [a.i for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"]
     assert groups == [1, 2, 1]  # only the 16 -> 16 conv is wide enough for min-channels=8
+
+
+class Inverted(nn.Module):
+    """MobileNetV2's block: 1x1 expand -> depthwise -> 1x1 project, with BatchNorms and a residual."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.expand, self.bn1 = nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32)
+        self.dw, self.bn2 = nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32)
+        self.project = nn.Conv2d(32, 16, 1)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = torch.relu(self.bn2(self.dw(torch.relu(self.bn1(self.expand(x))))))
+        return self.head(x + self.project(y))
+
+
+@pytest.mark.parametrize("make", [ResNetish, Inverted])
+def test_exported_permutation_alone_is_exact_through_depthwise_residuals_bn_and_flatten(make):
+    from slimc.passes.fx.grouping import apply_permutation, permutable_groups
+    from slimc.passes.fx.prune.aten_graph import analyze_module
+
+    torch.manual_seed(0)
+    model = _randomise_bn(make()).eval()
+    prog = _program(model)
+    work = copy.deepcopy(model)
+    analysis = analyze_module(work, prog.example_inputs, exported=prog.exported())
+    ok, skipped = permutable_groups(analysis)
+    expected = {"stem", "expand"} if make is Inverted else {"stem", "b1.conv1", "down", "b2.conv1", "odd"}
+    assert set(ok) == expected, skipped
+    gen = torch.Generator().manual_seed(1)
+    orders = {n: torch.randperm(g.size, generator=gen) for n, g in ok.items()}
+    changed = apply_permutation(analysis, orders)
+    if make is Inverted:  # the expand group reaches the depthwise conv and its BatchNorms
+        assert {"expand", "bn1", "dw", "bn2", "project"} <= set(changed)
+        assert not torch.equal(work.dw.weight, model.dw.weight)
+    else:
+        assert {"b1.bn2", "dw", "fc", "odd"} <= set(changed)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(work(x), model(x), atol=1e-5, rtol=1e-5)

@@ -140,8 +140,10 @@ def _exported_slot_problem(analysis):
 
     def problem(key, length):
         fqn, axis = key
-        if not isinstance(axis, int) or "#" in fqn:
+        if not isinstance(axis, int):
             return f"reaches '{fqn}:{axis}', a slot of a module-level handler, which is not permuted"
+        if fqn.endswith(("#in", "#all")):  # a grouped conv's input side: its classes are its outputs' (moved there)
+            return None
         owner = fqn.rpartition(".")[0]
         if any(owner == a or owner.startswith(a + ".") for a in attention):
             return f"reaches nn.MultiheadAttention '{owner}' (packed weights), which is not permuted"
@@ -227,7 +229,8 @@ def _apply_to_parameters(analysis, orders) -> list[str]:
 
     per_fqn: dict[str, list] = {}
     for (fqn, axis), index in permutation_indices(analysis, orders).items():
-        per_fqn.setdefault(fqn, []).append((axis, index))
+        if not fqn.endswith(("#in", "#all")):  # no tensor of its own (a grouped conv's input side)
+            per_fqn.setdefault(fqn, []).append((axis, index))
     root = analysis.module
     aliases = _aliases(root)
     for fqn, axes in per_fqn.items():
