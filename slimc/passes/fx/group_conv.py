@@ -295,13 +295,12 @@ def _traced(program):
 def _layer_macs(mod, input_shape) -> int:
     """MACs of one layer on its input shape, from the shared counter (slimc.ir.stats)."""
     import torch
-    import torch.fx
 
     from ...ir.stats import stats_of
 
     if input_shape is None:
         return 0
-    return stats_of(torch.fx.symbolic_trace(mod), (torch.zeros(input_shape),)).macs
+    return stats_of(mod, (torch.empty(input_shape, device="meta"),)).macs  # counted on meta tensors
 
 
 def _input_shapes(gm, example_inputs, names) -> dict[str, tuple]:
