@@ -81,6 +81,14 @@ def test_result_is_the_users_class_with_grouped_convs_and_exact_numbers():
     kept = sum(r["kept_fraction"] for r in p["layers"].values())
     assert kept > sum(r["kept_fraction_unpermuted"] for r in p["layers"].values())
     assert not {id(t) for t in permuted.program.ir.parameters()} & {id(t) for t in model.parameters()}
+    ep = prog.exported()  # the cached export the analysis read is unchanged; the result exports afresh
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), before)
+    grouped_ep = permuted.program.exported()
+    assert grouped_ep is not ep
+    groups = [n.args[6] if len(n.args) > 6 else 1 for n in grouped_ep.graph.nodes
+              if n.op == "call_function" and n.target is torch.ops.aten.conv2d.default]
+    assert groups.count(2) == 6 and groups.count(32) == 1  # six grouped convs, and the depthwise one
 
 
 @pytest.mark.parametrize("g", [2, 4])
