@@ -37,6 +37,21 @@ def _record_literals(ctx, out_label, sizes, axes):
     ctx.tracker.rewrites.append(record)
 
 
+def _record_split_sizes(ctx, pieces, dim):
+    """A split by a list of sizes (timm MixedConv2d's `splits`): the list and its total, old -> new."""
+    from .aten_graph import module_of
+
+    node_module, literals = module_of(ctx.node), ctx.walk.literals
+    old = tuple(int(p.shape[dim]) for p in pieces)
+
+    def record(cut):
+        new = tuple(int(cut.kept(p, dim).sum()) for p in pieces)
+        if new != old:
+            literals.append((node_module, old, new))
+            literals.append((node_module, sum(old), sum(new)))
+    ctx.tracker.rewrites.append(record)
+
+
 def _moving(label: torch.Tensor) -> list[int]:
     c = compact(label)
     return [d for d in range(c.dim()) if c.shape[d] > 1 and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
@@ -117,6 +132,8 @@ class AtenSplit(Handler):
                 ctx.tracker.union(compact(pieces[0]), compact(piece), f"{ctx.describe()} splits into equal pieces")
         if name == "split":
             _record_literals(ctx, pieces[0], [_val(ctx, 1)], [dim])
+        elif name == "split_with_sizes":
+            _record_split_sizes(ctx, pieces, dim)
         return pieces
 
 
