@@ -59,6 +59,33 @@ class TinyViT(nn.Module):
         return self.head(x.mean(1))
 
 
+class LevitStyleAttention(nn.Module):
+    """LeViT's attention: per head [q | k | v] split by `key_dim`, `val_dim`; here num_heads == key_dim."""
+
+    def __init__(self, dim=16, num_heads=4, key_dim=4, val_dim=8):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, val_dim
+        self.val_attn_dim = num_heads * val_dim
+        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + val_dim))
+        self.proj = nn.Linear(self.val_attn_dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        attn = (q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1)).softmax(-1)
+        return self.proj((attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(B, N, self.val_attn_dim))
+
+
+class TinyLevit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = LevitStyleAttention()
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.head((x + self.attn(x)).mean(1))
+
+
 class MixedConv(nn.Module):
     """timm's MixedConv2d: the input is split by the list attribute `splits`, one conv per piece."""
 
@@ -190,6 +217,16 @@ def test_attention_prunes_two_of_four_heads_and_runs_in_onnx_runtime():
     torch.testing.assert_close(ort_output(pruned, x), got, atol=1e-4, rtol=1e-3)
 
 
+def test_per_head_widths_stay_when_heads_go_exactly():
+    """key_dim equals the head count (4): only num_heads and the total value width follow the cut."""
+    torch.manual_seed(0)
+    model, _ = cut_exactly(TinyLevit(), torch.randn(2, 5, 16))
+    attn = model.attn
+    assert attn.num_heads < 4 and (attn.key_dim, attn.val_dim) == (4, 8)
+    assert attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
+    assert attn.qkv.out_features == attn.num_heads * 16
+
+
 # ---- splits by a list attribute and by a width attribute ----------------------------------------
 
 def test_split_list_attribute_follows_each_piece_exactly():
@@ -252,6 +289,13 @@ def test_attributes_follow_agreeing_evidence_only():
     assert (root.dim, root.hidden_chs, root.num_heads) == (4, 4, 1)
     assert root.kernel_size == 8  # geometry is never touched
     assert "<root>.dim 8 -> 4" in changes
+
+
+def test_per_head_width_names_never_change():
+    root = Holder()
+    root.num_heads = root.key_dim = root.head_dim = 16
+    update_module_attributes(root, [("", 16, 8)], {})
+    assert (root.num_heads, root.key_dim, root.head_dim) == (8, 16, 16)
 
 
 def test_conflicting_literals_leave_the_attribute_alone():

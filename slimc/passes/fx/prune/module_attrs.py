@@ -11,8 +11,9 @@ Which attribute gets which new value is decided by evidence of what changed, per
 
 * **strong**: a size the module's own forward spelled in a reshape or split that shrank (old -> new),
   and a split's size list (old list -> new list) - recorded by the label walk (aten_movement.py);
-* **weak**: every axis of every parameter of the module and of its submodules down to two levels,
-  old size -> new size, including the axes that did not change.
+* **weak**: every axis of every parameter and buffer of the module and of all its submodules, old
+  size -> new size, including the axes that did not change (so a width that stayed somewhere in the
+  module while an equal one shrank elsewhere is ambiguous, not a match).
 
 An int attribute (a list or tuple of ints) whose value equals an old size is set to the new one when
 the evidence agrees on a single new value: strong evidence first, weak evidence otherwise. Two
@@ -21,6 +22,10 @@ leave the attribute alone. Only names that read like widths are touched (`num_he
 `attn_dim`, `expand_chs`, `hidden_features`, `splits` ...; never `kernel_size`, `stride`, `window_size`
 ...), and never on torch's own layer classes, whose attributes module_cut.py sets from the weights.
 If an attribute is still wrong, the pass's retry loop keeps that module whole (prune_channels.py).
+
+One rule is specific to attention: slimc removes whole heads, never part of one, so attributes that
+name a per-head width (`head_dim`, `key_dim`, `val_dim`, `attention_head_size` ...) never change -
+LeViT's downsampling attention has 16 heads of `key_dim` 16, and only the head count halves.
 
 A per-call cache of tensors computed from parameters (LeViT's `attention_bias_cache`) would serve
 stale, uncut values: dict attributes whose name says "cache" are emptied on every changed module.
@@ -32,7 +37,7 @@ import re
 
 import torch.nn as nn
 
-__all__ = ["update_module_attributes", "SIZE_WORDS", "NOT_SIZE_WORDS"]
+__all__ = ["update_module_attributes", "SIZE_WORDS", "NOT_SIZE_WORDS", "PER_HEAD_WIDTHS"]
 
 # Words (split on "_" and case changes) that make an attribute name read like a width or a count of heads.
 SIZE_WORDS = frozenset({
@@ -46,9 +51,11 @@ NOT_SIZE_WORDS = frozenset({
     "classes", "class", "drop", "scale", "ratio", "reduction", "prefix", "grid", "stage", "stages", "block",
     "blocks", "pool", "batch", "vocab", "max", "min", "eps", "seed", "step", "steps", "rank", "shift", "offset",
     "num_classes", "output", "input", "cls", "reg", "feat", "pretrained"})
+# Per-head widths: attention is cut by whole heads, so these stay (see the module docstring).
+PER_HEAD_WIDTHS = frozenset({"head_dim", "dim_head", "head_size", "attention_head_size", "key_dim", "val_dim",
+                             "value_dim", "qk_dim", "v_dim", "d_k", "d_v", "d_head", "dh", "kd", "attn_head_dim"})
 _EXTRA_NAMES = frozenset({"d_model", "all_head_size", "split_size", "n_head", "n_heads"})
 _CACHE = re.compile(r"cache", re.IGNORECASE)
-_DEPTH = 2  # parameters of submodules this many levels down count as weak evidence for a module's attributes
 
 
 def _words(name: str) -> list[str]:
@@ -57,6 +64,8 @@ def _words(name: str) -> list[str]:
 
 
 def _is_size_name(name: str) -> bool:
+    if name.lower() in PER_HEAD_WIDTHS:
+        return False
     if name in _EXTRA_NAMES:
         return True
     words = _words(name)
@@ -100,9 +109,9 @@ class _Evidence:
 _AMBIGUOUS = object()
 
 
-def _ancestors(path: str, depth: int) -> list[str]:
+def _ancestors(path: str) -> list[str]:
     parts = path.split(".") if path else []
-    return [".".join(parts[:len(parts) - k]) for k in range(1, min(depth, len(parts)) + 1)]
+    return [".".join(parts[:k]) for k in range(len(parts))]
 
 
 def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tuple]) -> list[str]:
@@ -122,10 +131,10 @@ def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tu
         owner = fqn.rpartition(".")[0]
         old = old_shapes.get(fqn, tuple(tensor.shape))
         if fqn in old_shapes:
-            touched.update([owner, *_ancestors(owner, _DEPTH)])
+            touched.update([owner, *_ancestors(owner)])
         if len(old) != tensor.dim():
             continue
-        for path in [owner, *_ancestors(owner, _DEPTH)]:
+        for path in [owner, *_ancestors(owner)]:
             for o, n in zip(old, tensor.shape):
                 evidence.add(evidence.weak, path, int(o), int(n))
     changes: list[str] = []
