@@ -265,6 +265,56 @@ def test_cross_stage_prunes_through_the_pass():
     assert result.details["layer_macs_after"] < 0.4 * result.details["layer_macs_before"]
 
 
+class LayerScale2d(nn.Module):
+    """timm MetaFormer's layer scale: the parameter is viewed to the tuple attribute `shape`."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.shape = (dim, 1, 1)
+        self.scale = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return x * self.scale.view(self.shape)
+
+
+class PoolFormerLike(nn.Module):
+    """GroupNorm with one group (timm's GroupNorm1) over a residual stream, scaled by LayerScale2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 16)
+        self.mlp = nn.Sequential(nn.Conv2d(16, 32, 1), nn.GELU(), nn.Conv2d(32, 16, 1))
+        self.scale = LayerScale2d(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.scale(self.mlp(self.norm(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_one_group_norm_and_a_shape_attribute_follow_the_residual_cut():
+    torch.manual_seed(0)
+    model, x = PoolFormerLike().eval(), torch.randn(1, 3, 8, 8)
+    result = prune(model, x)
+    pruned = result.program.ir
+    assert kept_whole(result) == []
+    assert pruned.stem.out_channels == 8 and pruned.norm.num_groups == 1 and pruned.norm.num_channels == 8
+    assert pruned.scale.shape == (8, 1, 1) and pruned.mlp[0].out_channels == 16
+    with torch.no_grad():
+        got = pruned(x)
+    torch.testing.assert_close(ort_output(pruned, x), got, atol=1e-4, rtol=1e-3)
+
+
+def test_layer_scale_shape_follows_exactly():
+    """GroupNorm(1) statistics change with the cut (as layer_norm's do), so exactness uses a plain residual."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), LayerScale2d(16), nn.ReLU(), nn.Conv2d(16, 4, 1))
+    model, _ = cut_exactly(model, torch.randn(1, 3, 6, 6))
+    assert model[1].shape == (model[0].out_channels, 1, 1) and model[0].out_channels < 16
+
+
 # ---- the attribute rule itself ---------------------------------------------------------------
 
 class Holder(nn.Module):

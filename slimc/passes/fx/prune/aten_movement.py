@@ -29,11 +29,15 @@ def _record_literals(ctx, out_label, sizes, axes):
     literals = ctx.walk.literals
 
     def record(cut):
-        for d, old in zip(axes, sizes):
+        whole = list(sizes)
+        for i, (d, old) in enumerate(zip(axes, sizes)):
             if isinstance(old, int) and old > 1:
                 new = int(cut.kept(out_label, d).sum())
                 if new != old:
                     literals.append((node_module, old, new))
+                    whole[i] = new
+        if whole != list(sizes) and all(isinstance(s, int) for s in sizes):  # a shape kept as one attribute
+            literals.append((node_module, tuple(sizes), tuple(whole)))
     ctx.tracker.rewrites.append(record)
 
 

@@ -10,7 +10,8 @@ the plain-module counterpart of hf_config.py (which does the same for a transfor
 Which attribute gets which new value is decided by evidence of what changed, per module:
 
 * **strong**: a size the module's own forward spelled in a reshape or split that shrank (old -> new),
-  and a split's size list (old list -> new list) - recorded by the label walk (aten_movement.py);
+  the whole size list of such a reshape or split (LayerScale2d's `shape` (64, 1, 1), MixedConv2d's
+  `splits`) - recorded by the label walk (aten_movement.py);
 * **weak**: every axis of every parameter and buffer of the module and of all its submodules, old
   size -> new size, including the axes that did not change (so a width that stayed somewhere in the
   module while an equal one shrank elsewhere is ambiguous, not a match).
@@ -43,7 +44,7 @@ __all__ = ["update_module_attributes", "SIZE_WORDS", "NOT_SIZE_WORDS", "PER_HEAD
 SIZE_WORDS = frozenset({
     "head", "heads", "dim", "dims", "chs", "ch", "chans", "channels", "channel", "features", "feature", "width",
     "widths", "split", "splits", "hidden", "embed", "inner", "planes", "mid", "attn", "groups", "nh", "dh",
-    "kd", "hd", "units", "neurons"})
+    "kd", "hd", "units", "neurons", "shape"})
 # Words that mark geometry, counts of things other than channels, or ratios: never touched.
 NOT_SIZE_WORDS = frozenset({
     "kernel", "stride", "strides", "pad", "padding", "dilation", "window", "patch", "img", "image", "resolution",

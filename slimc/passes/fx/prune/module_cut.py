@@ -136,7 +136,7 @@ def _fix_layer(mod: nn.Module, name: str, old_shapes: dict) -> None:
         mod.normalized_shape = (w.shape[0],)
     elif isinstance(mod, nn.GroupNorm) and isinstance(w, torch.Tensor):
         per = mod.num_channels // mod.num_groups
-        mod.num_channels, mod.num_groups = w.shape[0], w.shape[0] // per
+        mod.num_channels, mod.num_groups = w.shape[0], max(1, w.shape[0] // per)  # one group stays one
     elif isinstance(mod, nn.Embedding) and isinstance(w, torch.Tensor):
         mod.embedding_dim = w.shape[1]
     elif type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and isinstance(w, torch.Tensor):
