@@ -315,6 +315,30 @@ def test_layer_scale_shape_follows_exactly():
     assert model[1].shape == (model[0].out_channels, 1, 1) and model[0].out_channels < 16
 
 
+class ChunkScales(nn.Module):
+    """EdgeNeXt's SplitTransposeBlock: x.chunk(3) of 22 channels gives 8, 8, 6; at run time the pieces
+    are sized from the new total, so all three must lose the same positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 22, 1)
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1, groups=8) for _ in range(2))
+        self.head = nn.Conv2d(22, 4, 1)
+
+    def forward(self, x):
+        spx = self.stem(x).chunk(3, dim=1)
+        sp = self.convs[0](spx[0])
+        out = [sp, self.convs[1](sp + spx[1]), spx[2]]
+        return self.head(torch.cat(out, 1))
+
+
+def test_chunk_with_a_shorter_last_piece_prunes_exactly():
+    torch.manual_seed(0)
+    model, _ = cut_exactly(ChunkScales(), torch.randn(1, 3, 6, 6))
+    width = model.stem.out_channels
+    assert width < 22 and model.convs[0].in_channels == -(-width // 3)  # chunk's ceil(C / 3)
+
+
 # ---- the attribute rule itself ---------------------------------------------------------------
 
 class Holder(nn.Module):

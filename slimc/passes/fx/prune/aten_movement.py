@@ -134,6 +134,13 @@ class AtenSplit(Handler):
         if len(set(widths)) == 1 and len(widths) > 1:
             for piece in pieces[1:]:
                 ctx.tracker.union(compact(pieces[0]), compact(piece), f"{ctx.describe()} splits into equal pieces")
+        elif name in ("split", "chunk") and len(set(widths[:-1])) == 1 and widths[-1] < widths[0]:
+            # chunk(n) / split(x, size) with a shorter last piece: at run time the pieces are sized from the
+            # new total, so every piece loses the same positions (the last one those of the first's prefix).
+            why = f"{ctx.describe()} splits into equal pieces and a shorter last one"
+            for piece in pieces[1:-1]:
+                ctx.tracker.union(compact(pieces[0]), compact(piece), why)
+            ctx.tracker.union(compact(pieces[0].narrow(dim, 0, widths[-1])), compact(pieces[-1]), why)
         if name == "split":
             _record_literals(ctx, pieces[0], [_val(ctx, 1)], [dim])
         elif name == "split_with_sizes":
