@@ -119,7 +119,7 @@ def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tu
     """Set the size attributes of `root`'s modules to the cut widths; returns 'path.attr old -> new' lines.
 
     literals:   (module path, old, new) sizes a module's forward spelled that changed with the cut
-                (ints, or tuples for a split's size list)
+                (ints, or tuples: the whole size list of a reshape or split)
     old_shapes: parameter or buffer FQN -> its shape before the cut (the cut ones)
     """
     evidence = _Evidence()
@@ -153,8 +153,6 @@ def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tu
 def _update_one(mod: nn.Module, path: str, evidence: _Evidence) -> list[str]:
     changes = []
     for attr, value in list(vars(mod).items()):
-        if attr.startswith("_") and attr.lstrip("_") in ("parameters", "buffers", "modules"):
-            continue
         if isinstance(value, dict) and _CACHE.search(attr) and value:
             value.clear()  # tensors computed from the uncut parameters
             changes.append(f"{path or '<root>'}.{attr} cleared")
