@@ -38,7 +38,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))  # real_data.py: Fashion-MNIST and the EfficientNet-Lite0 weights
 CALIB_SAMPLES = int(os.environ.get("SLIMC_INT8_CALIB", "64"))
 DEFAULT_VARIANTS = ("method=minmax bias-correction=false", "method=minmax", "method=entropy", "method=percentile",
-                    "method=minmax mode=auto tolerance=0.05", "nncf")
+                    "method=minmax mode=auto tolerance=0.05", "method=minmax mode=auto tolerance=0.02", "nncf",
+                    "nncf preset=mixed")
 
 
 # ---- images (values in [0, 1], N x 3 x 224 x 224) -----------------------------------------------
@@ -106,11 +107,13 @@ def held_out(count: int) -> dict:
             "fashion": normalise(_fashion(1, 0, count - natural))}
 
 
-def nncf_quantize(model, batches):
-    """NNCF's post-training quantization of the same ONNX graph with the same calibration batches (its defaults)."""
+def nncf_quantize(model, batches, mixed=False):
+    """NNCF's post-training quantization of the same ONNX graph with the same calibration batches: its defaults
+    (preset PERFORMANCE: symmetric int8 activations), or preset MIXED (asymmetric activations, as slimc's uint8)."""
     import nncf
 
-    return nncf.quantize(model, nncf.Dataset(list(batches), lambda b: {model.graph.input[0].name: b}))
+    preset = {"preset": nncf.QuantizationPreset.MIXED} if mixed else {}
+    return nncf.quantize(model, nncf.Dataset(list(batches), lambda b: {model.graph.input[0].name: b}), **preset)
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -167,13 +170,15 @@ def main(argv=None) -> int:
         {k: run(dense, (x + noise.uniform(-0.5 / 128, 0.5 / 128, x.shape)).astype(np.float32)) for k, x in sets.items()})
     for opts in variants:
         t0 = time.perf_counter()
-        if opts.strip() == "nncf":
+        if opts.strip() in ("nncf", "nncf preset=mixed"):
+            mixed = "mixed" in opts
             try:
-                q = nncf_quantize(dense, calibration_batches())
+                q = nncf_quantize(dense, calibration_batches(), mixed)
             except Exception as exc:  # an optional comparison: say why, keep the slimc rows
                 print(f"| NNCF failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} | | | | | | | |")
                 continue
-            row("NNCF `nncf.quantize` (defaults) on the same graph and data", {k: run(q, x) for k, x in sets.items()},
+            row(f"NNCF `nncf.quantize` ({'preset MIXED' if mixed else 'defaults'}) on the same graph and data",
+                {k: run(q, x) for k, x in sets.items()},
                 seconds=f"{time.perf_counter() - t0:.0f}")
             continue
         res = slimc.compile(dense, pipeline=f"quantize-int8{{calib={spec} samples={CALIB_SAMPLES} {opts}}}",

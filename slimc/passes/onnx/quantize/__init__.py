@@ -37,7 +37,7 @@ from typing import ClassVar, Literal
 
 from ....errors import SlimcError, closest
 from ...registry import Pass, PassResult, register_pass
-from ._auto import LAYER_OPS, auto_guard
+from ._auto import LAYER_OPS, auto_guard, guard_candidate_ops
 from ._calib import load_calibration
 from ._ort import QUANTIZED_OPS, OrtQuantizer, QuantSettings
 
@@ -109,7 +109,7 @@ class QuantizeInt8(Pass):
                        **settings.describe(), "mode": self.mode}
             if self.mode == "auto":
                 candidates = [n.name for n in quantizer.model.graph.node
-                              if n.op_type in LAYER_OPS and n.name not in exclude]
+                              if n.op_type in guard_candidate_ops() and n.name not in exclude]
                 out, kept, auto = auto_guard(quantizer, candidates, tuple(exclude), calib.feeds[:self.auto_samples],
                                              self.tolerance)
                 details["auto"] = auto
