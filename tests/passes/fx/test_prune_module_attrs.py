@@ -372,6 +372,18 @@ def test_per_head_width_names_never_change():
     assert (root.num_heads, root.key_dim, root.head_dim) == (8, 16, 16)
 
 
+def test_in_and_out_names_match_only_their_side_of_the_weights():
+    """GhostNet's GhostModule: out_chs is the width of a concat that equals the input width; only the
+    input axis of its conv shrank, so out_chs stays while in_chs follows."""
+    root = Holder()
+    root.in_chs = root.out_chs = 16
+    root.a = nn.Linear(16, 8)
+    old = {"a.weight": (8, 16)}
+    root.a.weight = nn.Parameter(torch.zeros(8, 12))
+    update_module_attributes(root, [], old)
+    assert (root.in_chs, root.out_chs) == (12, 16)
+
+
 def test_conflicting_literals_leave_the_attribute_alone():
     root = Holder()
     update_module_attributes(root, [("", 8, 4), ("", 8, 6)], {})

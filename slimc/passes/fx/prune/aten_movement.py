@@ -22,7 +22,8 @@ aten = torch.ops.aten
 
 
 def _record_literals(ctx, out_label, sizes, axes):
-    """After the cut, sizes that shrank (old -> new) are noted per module for attribute updates."""
+    """After the cut, the sizes a module spelled (old -> new, also those that stayed) are noted per module
+    for attribute updates (module_attrs.py)."""
     from .aten_graph import module_of
 
     node_module = module_of(ctx.node)
@@ -33,9 +34,8 @@ def _record_literals(ctx, out_label, sizes, axes):
         for i, (d, old) in enumerate(zip(axes, sizes)):
             if isinstance(old, int) and old > 1:
                 new = int(cut.kept(out_label, d).sum())
-                if new != old:
-                    literals.append((node_module, old, new))
-                    whole[i] = new
+                literals.append((node_module, old, new))
+                whole[i] = new
         if whole != list(sizes) and all(isinstance(s, int) for s in sizes):  # a shape kept as one attribute
             literals.append((node_module, tuple(sizes), tuple(whole)))
     ctx.tracker.rewrites.append(record)
@@ -217,6 +217,8 @@ class AtenSlice(Handler):
         dim = _val(ctx, 1, "dim", 0) % max(lab.dim(), 1)
         select = "select" in str(ctx.node.target)
         whole = not select and ctx.out.shape[dim] == lab.shape[dim]
+        if not select:  # GhostNet's out[:, :self.out_chs]: the width it keeps
+            _record_literals(ctx, out, [ctx.out.shape[dim]], [dim])
         if not whole:
             t, desc = ctx.tracker, ctx.describe()
             others = [d for d in range(lab.dim()) if d != dim]

@@ -14,7 +14,10 @@ Which attribute gets which new value is decided by evidence of what changed, per
   `splits`) - recorded by the label walk (aten_movement.py);
 * **weak**: every axis of every parameter and buffer of the module and of all its submodules, old
   size -> new size, including the axes that did not change (so a width that stayed somewhere in the
-  module while an equal one shrank elsewhere is ambiguous, not a match).
+  module while an equal one shrank elsewhere is ambiguous, not a match). A size the module's forward
+  spelled and the cut left alone vetoes it. A name with "out" (`out_chs`, `dim_out`) is matched against
+  output axes only (axis 0 of a weight), one with "in" against input axes: GhostNet's `out_chs` is the
+  width of a concat, equal to its input width, not to any output axis.
 
 An int attribute (a list or tuple of ints) whose value equals an old size is set to the new one when
 the evidence agrees on a single new value: strong evidence first, weak evidence otherwise. Two
@@ -95,13 +98,17 @@ class _Evidence:
     def __init__(self):
         self.strong: dict[str, dict] = {}
         self.weak: dict[str, dict] = {}
+        self.stayed: set = set()  # (path, size) the module's forward spelled and the cut left as it was
 
     def add(self, table: dict, path: str, old, new) -> None:
         table.setdefault(path, {}).setdefault(old, set()).add(new)
 
-    def new_value(self, path: str, old):
+    def new_value(self, path: str, old, role: str = ""):
+        """role 'out' / 'in' (the attribute's name says so) looks only at output / input axes of weights."""
         for table in (self.strong, self.weak):
-            news = table.get(path, {}).get(old)
+            if table is self.weak and (path, old) in self.stayed:
+                return None  # the forward spells this size and it did not change: the attribute likely feeds it
+            news = table.get(path + role, {}).get(old) if table is self.weak else table.get(path, {}).get(old)
             if news:
                 return next(iter(news)) if len(news) == 1 else _AMBIGUOUS
         return None
@@ -118,7 +125,7 @@ def _ancestors(path: str) -> list[str]:
 def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tuple]) -> list[str]:
     """Set the size attributes of `root`'s modules to the cut widths; returns 'path.attr old -> new' lines.
 
-    literals:   (module path, old, new) sizes a module's forward spelled that changed with the cut
+    literals:   (module path, old, new) sizes a module's forward spelled, before and after the cut
                 (ints, or tuples: the whole size list of a reshape or split)
     old_shapes: parameter or buffer FQN -> its shape before the cut (the cut ones)
     """
@@ -126,6 +133,8 @@ def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tu
     for path, old, new in literals:
         if old != new:
             evidence.add(evidence.strong, path, old, new)
+        else:
+            evidence.stayed.add((path, old))
     touched: set[str] = set()
     for fqn, tensor in list(root.named_parameters(remove_duplicate=False)) + list(root.named_buffers(
             remove_duplicate=False)):
@@ -136,8 +145,9 @@ def update_module_attributes(root: nn.Module, literals, old_shapes: dict[str, tu
         if len(old) != tensor.dim():
             continue
         for path in [owner, *_ancestors(owner)]:
-            for o, n in zip(old, tensor.shape):
-                evidence.add(evidence.weak, path, int(o), int(n))
+            for axis, (o, n) in enumerate(zip(old, tensor.shape)):
+                for key in (path, path + ("#out" if axis == 0 else "#in")):  # weights are (out, in, ...)
+                    evidence.add(evidence.weak, key, int(o), int(n))
     changes: list[str] = []
     for path in sorted(touched | set(evidence.strong)):
         try:
@@ -160,8 +170,10 @@ def _update_one(mod: nn.Module, path: str, evidence: _Evidence) -> list[str]:
         if not _is_size_name(attr):
             continue
         new = None
+        words = _words(attr)
+        role = "#out" if "out" in words else "#in" if "in" in words else ""
         if _is_int(value) and value > 1:
-            new = evidence.new_value(path, value)
+            new = evidence.new_value(path, value, role)
         elif _is_int_seq(value):
             new = evidence.new_value(path, tuple(value))
             if new is not None and new is not _AMBIGUOUS:

@@ -18,6 +18,8 @@ Options:
   mode=all|auto          auto: keep the layers that move the outputs most in float until the relative
                          L2 output error on the calibration inputs is <= tolerance (see _auto.py)
   symmetric-activations= int8 symmetric activations (TensorRT's form) instead of uint8 asymmetric
+  bias-correction=       subtract each int8 layer's mean output shift from weight rounding, measured on the
+                         calibration inputs (default true; see _bias.py)
   reduce-range=          7-bit weights (for x86 CPUs without VNNI, where u8*s8 sums can saturate)
   enabled=               false makes the pass do nothing: lets `slimc search` switch it with choice(true,false)
 
@@ -35,7 +37,7 @@ from typing import ClassVar, Literal
 
 from ....errors import SlimcError, closest
 from ...registry import Pass, PassResult, register_pass
-from ._auto import LAYER_OPS, auto_guard
+from ._auto import LAYER_OPS, auto_guard, guard_candidate_ops
 from ._calib import load_calibration
 from ._ort import QUANTIZED_OPS, OrtQuantizer, QuantSettings
 
@@ -74,6 +76,7 @@ class QuantizeInt8(Pass):
     auto_samples: int = 8
     symmetric_activations: bool = False
     reduce_range: bool = False
+    bias_correction: bool = True
     enabled: bool = True
 
     def __post_init__(self):
@@ -98,19 +101,21 @@ class QuantizeInt8(Pass):
         if calib.source == "random":
             warnings.warn("quantize-int8{calib=random}: int8 ranges come from random inputs, not real data; accuracy "
                           "on real inputs is unknown. Give calib=FILE.py:LOADER for a model you deploy.", stacklevel=2)
-        settings = QuantSettings(self.method, self.per_channel, self.symmetric_activations, self.reduce_range)
+        settings = QuantSettings(self.method, self.per_channel, self.symmetric_activations, self.reduce_range,
+                                 self.bias_correction)
         quantizer = OrtQuantizer(model, calib.feeds, settings)
         try:
             details = {"calibration": calib.source, "calib": self.calib, "samples": calib.samples,
                        **settings.describe(), "mode": self.mode}
             if self.mode == "auto":
                 candidates = [n.name for n in quantizer.model.graph.node
-                              if n.op_type in LAYER_OPS and n.name not in exclude]
+                              if n.op_type in guard_candidate_ops() and n.name not in exclude]
                 out, kept, auto = auto_guard(quantizer, candidates, tuple(exclude), calib.feeds[:self.auto_samples],
                                              self.tolerance)
                 details["auto"] = auto
             else:
                 out = quantizer.quantize(tuple(exclude))
+            details["bias_corrected_layers"] = quantizer.bias_corrected_layers
         finally:
             quantizer.close()
         layers = int8_layers(out)
