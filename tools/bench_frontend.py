@@ -69,7 +69,8 @@ print(json.dumps({"first": first, "warm": once()}))
 
 def run(tree: str, what: str, model: str) -> dict:
     env = {**os.environ, "PYTHONPATH": tree}
-    out = subprocess.run([sys.executable, "-c", CHILD, what, model], env=env, capture_output=True, text=True,
+    # cwd=tree: `python -c` puts the working directory ahead of PYTHONPATH, which would import this tree
+    out = subprocess.run([sys.executable, "-c", CHILD, what, model], env=env, capture_output=True, text=True, cwd=tree,
                          timeout=900)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
