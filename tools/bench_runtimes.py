@@ -67,6 +67,8 @@ class Row:
     macs: int | None = None
     note: str = ""
     times: list = field(default_factory=list)
+    onnx: tuple | None = None  # (ONNX graph, feed) an onnxruntime row runs, for --kernel-times
+    kernel_ms: dict = field(default_factory=dict)  # threads -> {"total": ms, "glue": ms}, from --kernel-times
 
     def summary(self) -> dict:
         if not self.times:
@@ -75,7 +77,8 @@ class Row:
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
         return {"name": self.name, "runtime": self.runtime, "median_ms": statistics.median(t), "p90_ms": p90,
                 "min_ms": t[0],
-                "iters": len(t), "macs": self.macs, "note": self.note, "times_ms": self.times}
+                "iters": len(t), "macs": self.macs, "note": self.note, "times_ms": self.times,
+                **({"kernel_ms": self.kernel_ms} if self.kernel_ms else {})}
 
 
 # ---- pipelines -----------------------------------------------------------------------
@@ -312,7 +315,12 @@ def ort_runner(model, x_np, threads: int, device: str):
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     feed = {sess.get_inputs()[0].name: x_np}
-    return lambda: sess.run(None, feed)
+
+    def call():
+        return sess.run(None, feed)
+
+    call.onnx = (model, feed)  # for --kernel-times: the graph this row runs and its inputs
+    return call
 
 
 def openvino_runner(model, x_np, threads: int, device: str):
@@ -345,6 +353,12 @@ def slimc_runner(program, x_np, backend: str, threads: int, device: str):
 
         providers = "CUDAExecutionProvider,CPUExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
         art = OnnxRuntimeBackend(options={"threads": threads, "providers": providers}).build(program)
+
+        def call():
+            return art.run([x_np])
+
+        call.onnx = (program.ir, {program.ir.graph.input[0].name: x_np})  # for --kernel-times
+        return call
     else:
         from slimc.backend.openvino import OpenVinoBackend
 
@@ -444,7 +458,7 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
         try:
             fn = make()
             fn()  # warm-up call also checks that it runs
-            rows.append(Row(row_name, runtime, fn, macs))
+            rows.append(Row(row_name, runtime, fn, macs, onnx=getattr(fn, "onnx", None)))
         except Exception as exc:  # a row that cannot run is reported, not fatal
             if args.tracebacks:
                 traceback.print_exc()
@@ -521,16 +535,10 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
                 rows[-1].note = note
 
     need_base = not args.no_int8  # the int8 rows quantize these two compiled graphs
-    if name.startswith("bert"):
-        # slimc's FX frontend does not trace transformers' BertModel here: slimc compiles the plain export's ONNX
-        # with the ONNX-level passes of the lossless pipeline (and no pruning, which is FX-level).
-        onnx_passes = ",".join(p for p in lossless_pipeline().split(",") if p not in ("fuse-bn", "to-onnx"))
-        slimc_rows("slimc dense", plain, onnx_passes, "", force=need_base)
-        slimc_rows("slimc pruned 50%", None, None, "n/a: not run on bert_base (FX-level pass; the FX frontend "
-                   "does not trace BertModel here)")
-    else:
-        slimc_rows("slimc dense", model, lossless_pipeline(), "", force=need_base)
-        slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available", force=need_base)
+    # bert_base too: the torch.export frontend hands prune-channels the BertModel itself (heads and MLP units cut;
+    # the hidden size stays, pinned by the output).
+    slimc_rows("slimc dense", model, lossless_pipeline(), "", force=need_base)
+    slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available", force=need_base)
     tp_label = "Torch-Pruning 50%"
     if want(tp_label, "onnxruntime") or want(tp_label, "openvino"):
         try:
@@ -609,6 +617,87 @@ def measure(rows: list[Row], iters: int, rounds: int) -> None:
                 row.times.append((time.perf_counter() - t0) * 1e3)
 
 
+# Ops that move or convert data around the compute kernels: with int8, what is left outside the fused kernels.
+GLUE_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "Transpose", "Reshape", "Flatten", "ReduceMean", "Cast",
+                      "ReorderInput", "ReorderOutput", "Squeeze", "Unsqueeze", "Concat", "Gather", "Shape"})
+
+
+def kernel_times(events) -> dict:
+    """From an ONNX Runtime profile: each node's fastest kernel time (ms), summed; and the GLUE_OPS part of it.
+
+    On a shared machine a call's wall time mostly measures waiting for a core; a node's fastest call over
+    many is its cost when it had the cores. The sum over nodes is one call without contention, minus the
+    gaps between nodes (a lower bound of a quiet call, and the same yardstick for every row).
+    """
+    best, op_of = {}, {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            best[name] = min(best.get(name, float("inf")), e["dur"] / 1e3)
+            op_of[name] = e["args"].get("op_name", "")
+    total = sum(best.values())
+    glue = sum(t for n, t in best.items() if op_of[n] in GLUE_OPS)
+    return {"total": round(total, 4), "glue": round(glue, 4), "nodes": len(best)}
+
+
+def ort_kernel_times(rows: list[Row], thread_counts, calls: int) -> None:
+    """Profile every onnxruntime row (sessions with enable_profiling, calls interleaved across rows), one thread
+    count at a time; fills row.kernel_ms[threads] with kernel_times()."""
+    import json as _json
+    import tempfile
+
+    import onnxruntime as ort
+
+    ort_rows = [r for r in rows if r.onnx is not None]
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+        for threads in thread_counts:
+            live = []
+            for i, row in enumerate(ort_rows):
+                model, feed = row.onnx
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = threads
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                so.log_severity_level = 3
+                so.enable_profiling = True
+                so.profile_file_prefix = os.path.join(tmp, f"r{i}_t{threads}")
+                sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                sess.run(None, feed)
+                live.append((row, sess, feed))
+            for _ in range(calls):
+                for row, sess, feed in live:
+                    sess.run(None, feed)
+            for row, sess, feed in live:
+                path = sess.end_profiling()
+                with open(path) as f:
+                    row.kernel_ms[threads] = kernel_times(_json.load(f))
+                os.remove(path)
+            del live
+            gc.collect()
+
+
+def print_kernel_table(rows: list[Row], thread_counts) -> None:
+    """The --kernel-times table: per onnxruntime row, summed fastest node times at each thread count."""
+    prof = [r for r in rows if r.kernel_ms]
+    if not prof:
+        return
+    base = next((r for r in prof if r.name == "plain export"), None)
+    head = " | ".join(f"kernel ms, {t} thr | vs plain" for t in thread_counts)
+    print(f"\nONNX Runtime kernel time (sum over nodes of each node's fastest call in the profile):\n")
+    print(f"| model | {head} | gain of {thread_counts[-1]} thr over {thread_counts[0]} | glue ops share |")
+    print("|---|" + "---:|---:|" * len(thread_counts) + "---:|---:|")
+    for r in prof:
+        cells = []
+        for t in thread_counts:
+            k = r.kernel_ms.get(t)
+            b = base.kernel_ms.get(t) if base else None
+            cells.append(f"{k['total']:.2f} | {b['total'] / k['total']:.2f}x" if k and b else
+                         (f"{k['total']:.2f} | -" if k else "- | -"))
+        lo, hi = r.kernel_ms.get(thread_counts[0]), r.kernel_ms.get(thread_counts[-1])
+        gain = f"{lo['total'] / hi['total']:.2f}x" if lo and hi and len(thread_counts) > 1 else "-"
+        glue = f"{100 * hi['glue'] / hi['total']:.1f}%" if hi and hi["total"] else "-"
+        print(f"| {r.name} | {' | '.join(cells)} | {gain} | {glue} |")
+
+
 # ---- printing ------------------------------------------------------------------------
 
 def print_table(title: str, rows: list[Row], matmul: float, notes=()) -> None:
@@ -619,19 +708,20 @@ def print_table(title: str, rows: list[Row], matmul: float, notes=()) -> None:
     if mm:  # the matmul timed in the same rounds as the models: the fair yardstick under the same noise
         matmul = 2 * mm["macs"] / (mm["median_ms"] / 1e3) / 1e9
     print(f"\n### {title}\n")
-    print("| model | runtime | median ms | p90 ms | min ms | vs ORT plain | GMACs | GFLOP/s | % of matmul |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | runtime | median ms | p90 ms | min ms | vs ORT plain | by min | GMACs | GFLOP/s | % of matmul |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in sums:
         gmacs = f"{s['macs'] / 1e9:.2f}" if s.get("macs") else "-"
         if "median_ms" not in s:
-            print(f"| {s['name']} | {s['runtime']} | {s['note'] or 'n/a'} | | | | {gmacs} | | |")
+            print(f"| {s['name']} | {s['runtime']} | {s['note'] or 'n/a'} | | | | | {gmacs} | | |")
             continue
         ratio = f"{base['median_ms'] / s['median_ms']:.2f}x" if base and s is not mm else "-"
+        ratio_min = f"{base['min_ms'] / s['min_ms']:.2f}x" if base and s is not mm else "-"
         rate = 2 * s["macs"] / (s["median_ms"] / 1e3) / 1e9 if s.get("macs") else None
         rate_s = f"{rate:.1f}" if rate else "-"
         pct = f"{100 * rate / matmul:.0f}%" if rate else "-"
         label = f"{s['name']} ({s['note']})" if s.get("note") else s["name"]
-        print(f"| {label} | {s['runtime']} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['min_ms']:.2f} | {ratio} "
+        print(f"| {label} | {s['runtime']} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['min_ms']:.2f} | {ratio} | {ratio_min} "
               f"| {gmacs} "
               f"| {rate_s} | {pct} |")
     print(f"\n% of matmul: against {matmul:.1f} GFLOP/s, the 2048^3 fp32 matmul row's median rate in this table.")
@@ -742,6 +832,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 rows (slimc, ORT quantize_static, NNCF)")
     ap.add_argument("--calib-samples", type=int, default=8, help="calibration samples of every int8 row (default 8)")
     ap.add_argument("--seq-len", type=int, default=128, help="sequence length of bert_base (default 128)")
+    ap.add_argument("--kernel-times", type=int, default=0, metavar="CALLS",
+                    help="after timing, profile every onnxruntime row for CALLS calls at 1 thread and at --threads "
+                         "and print the summed fastest node times (robust to load; 0 = off, default)")
     args = ap.parse_args(argv)
 
     import torch
@@ -778,9 +871,17 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rows, info = build_rows(name, batch, args)
             built = time.perf_counter() - t0
+            info["load average before measuring"] = _load()
             measure(rows, args.iters, args.rounds)
-            print_table(f"{name}, batch {batch} (setup {built:.0f} s, measuring {time.perf_counter() - t0 - built:.0f} s)",
-                        rows, matmul, info["notes"])
+            info["load average after measuring"] = _load()
+            print_table(f"{name}, batch {batch} (setup {built:.0f} s, measuring {time.perf_counter() - t0 - built:.0f} s, "
+                        f"load average {info['load average before measuring']} before, "
+                        f"{info['load average after measuring']} after)", rows, matmul, info["notes"])
+            if args.kernel_times:
+                counts = sorted({1, args.threads})
+                ort_kernel_times(rows, counts, args.kernel_times)
+                info["kernel times load average after"] = _load()
+                print_kernel_table(rows, counts)
             results.append({"model": name, "batch": batch, "rows": [r.summary() for r in rows], "info": info})
             sys.stdout.flush()
             del rows
