@@ -55,6 +55,8 @@ DEFAULT_MODELS = "resnet50,mobilenet_v2,efficientnet_b0,vit_b_16"
 INT8_LABELS = ("slimc int8", "slimc pruned 50% + int8", "ORT quantize_static", "NNCF int8 (OpenVINO IR)",
                "NNCF int8 (ONNX QDQ)")
 ISSUE5_MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")
+# --ort-spinning off: every onnxruntime session (every row alike) gets session.intra_op.allow_spinning=0.
+ORT_SPIN = {"on": True}
 
 
 @dataclass
@@ -312,6 +314,8 @@ def ort_runner(model, x_np, threads: int, device: str):
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not ORT_SPIN["on"]:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     feed = {sess.get_inputs()[0].name: x_np}
@@ -348,6 +352,9 @@ def openvino_runner(model, x_np, threads: int, device: str):
 def slimc_runner(program, x_np, backend: str, threads: int, device: str):
     """slimc's own backend artifact built from a compiled program."""
     # The backend classes directly, not get_backend: that imports every registered backend (TensorRT too).
+    if backend == "onnxruntime" and not ORT_SPIN["on"]:
+        # slimc's backend has no spinning option; its session is ort_runner's (threads, ORT_ENABLE_ALL) otherwise.
+        return ort_runner(program.ir, x_np, threads, device)
     if backend == "onnxruntime":
         from slimc.backend.onnxruntime import OnnxRuntimeBackend
 
@@ -659,6 +666,8 @@ def ort_kernel_times(rows: list[Row], thread_counts, calls: int) -> None:
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 so.log_severity_level = 3
                 so.enable_profiling = True
+                if not ORT_SPIN["on"]:
+                    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 so.profile_file_prefix = os.path.join(tmp, f"r{i}_t{threads}")
                 sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 sess.run(None, feed)
@@ -835,7 +844,11 @@ def main(argv=None) -> int:
     ap.add_argument("--kernel-times", type=int, default=0, metavar="CALLS",
                     help="after timing, profile every onnxruntime row for CALLS calls at 1 thread and at --threads "
                          "and print the summed fastest node times (robust to load; 0 = off, default)")
+    ap.add_argument("--ort-spinning", choices=["on", "off"], default="on",
+                    help="ONNX Runtime worker-thread spinning for every onnxruntime row (default on, ORT's default; "
+                         "off keeps idle workers from competing with other processes on a shared machine)")
     args = ap.parse_args(argv)
+    ORT_SPIN["on"] = args.ort_spinning == "on"
 
     import torch
 
@@ -857,7 +870,7 @@ def main(argv=None) -> int:
     matmul = matmul_gflops(args.device)
     print(f"# bench_runtimes: device={args.device} threads={args.threads} torch threads="
           f"{args.torch_threads or args.threads} cores={os.cpu_count()} iters={args.iters} rounds={args.rounds} "
-          f"resolution={args.resolution} load average at start {_load()}")
+          f"resolution={args.resolution} ort-spinning={args.ort_spinning} load average at start {_load()}")
     print(f"# versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
     print(f"# float32 matmul 2048x2048 (torch): {matmul:.1f} GFLOP/s")
     print(f"# dense pipeline: {lossless_pipeline()}")
