@@ -50,6 +50,7 @@ def test_spatial_mean_becomes_global_pool_with_the_same_numbers(axes, as_input, 
     assert spatial_means_to_global_pools(rewritten) == ["mean"]
     node = rewritten.graph.node[0]
     assert (node.op_type, list(node.input), len(node.attribute)) == ("GlobalAveragePool", ["x"], 0)
+    assert not rewritten.graph.initializer  # the axes constant went with the ReduceMean
     after = _run(rewritten, x)
     assert after.shape == before.shape == (2, 5, 1, 1)
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)

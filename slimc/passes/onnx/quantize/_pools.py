@@ -51,7 +51,7 @@ def spatial_means_to_global_pools(model) -> list[str]:
     Returns the names of the rewritten nodes (they keep their names, so `exclude=` by name still applies).
     """
     ranks = None
-    done = []
+    done, dropped = [], set()
     for node in model.graph.node:
         if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
             continue
@@ -75,9 +75,14 @@ def spatial_means_to_global_pools(model) -> list[str]:
             continue
         if sorted(a % rank for a in axes) != list(range(2, rank)):
             continue
+        dropped.update(node.input[1:])
         del node.input[1:]
         del node.attribute[:]
         node.op_type = "GlobalAveragePool"
         node.domain = ""
         done.append(node.name)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    unused = [t for t in model.graph.initializer if t.name in dropped and t.name not in used]
+    for t in unused:  # the axes constants (ORT warns about initializers no node reads)
+        model.graph.initializer.remove(t)
     return done
