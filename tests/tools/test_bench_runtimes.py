@@ -1,5 +1,6 @@
-"""tools/bench_runtimes.py: the --kernel-times profile sums (synthetic traces and a real ORT session) and the
-ratio columns of the table, on tiny inputs (no torchvision model, no timing claims)."""
+"""tools/bench_runtimes.py and tools/ort_kernel_times.py: the --kernel-times profile sums (synthetic traces
+and a real ORT session) and the ratio columns of the table, on tiny inputs (no torchvision model, no timing
+claims)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 import bench_runtimes as br  # noqa: E402
+import ort_kernel_times as okt  # noqa: E402
 
 
 def _event(node: str, op: str, us: float) -> dict:
@@ -24,7 +26,7 @@ def test_kernel_times_takes_each_nodes_fastest_call_and_splits_glue():
               _event("q", "QuantizeLinear", 20), _event("q", "QuantizeLinear", 50),
               _event("conv", "QLinearConv", 250), {"cat": "Session", "name": "model_run", "dur": 9999},
               {"cat": "Node", "name": "conv_fence_before", "dur": 5}]
-    k = br.kernel_times(events)
+    k = okt.kernel_times(events)
     assert k == {"total": pytest.approx(0.12), "glue": pytest.approx(0.02), "nodes": 2}
 
 
@@ -48,7 +50,7 @@ def test_ort_kernel_times_profiles_every_onnxruntime_row_at_each_thread_count():
     assert np.array_equal(out, ref) and out.shape == (1, 8, 16, 16)
     rows = [br.Row("plain export", "onnxruntime", call, onnx=call.onnx),
             br.Row("plain export", "openvino", lambda: None)]  # no ONNX graph: not profiled
-    br.ort_kernel_times(rows, [1, 2], calls=3)
+    okt.ort_kernel_times(rows, [1, 2], calls=3)
     assert set(rows[0].kernel_ms) == {1, 2} and not rows[1].kernel_ms
     for k in rows[0].kernel_ms.values():
         assert k["total"] > 0 and 0 <= k["glue"] <= k["total"] and k["nodes"] >= 1
@@ -60,7 +62,7 @@ def test_table_ratios_by_median_and_by_min(capsys):
     fast.kernel_ms = {1: {"total": 2.0, "glue": 0.5, "nodes": 3}, 2: {"total": 1.0, "glue": 0.1, "nodes": 3}}
     base.kernel_ms = {1: {"total": 8.0, "glue": 0.0, "nodes": 3}, 2: {"total": 5.0, "glue": 0.0, "nodes": 3}}
     br.print_table("t", [base, fast], matmul=100.0)
-    br.print_kernel_table([base, fast], [1, 2])
+    okt.print_kernel_table([base, fast], [1, 2])
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if l.startswith("| slimc int8 | onnxruntime"))
     cells = [c.strip() for c in line.strip("|").split("|")]
