@@ -246,12 +246,31 @@ def test_onnx_export_and_onnxruntime_run():
     assert res.report["after"]["macs"] < res.report["before"]["macs"]
 
 
-def test_a_permutation_that_is_not_exact_is_dropped(monkeypatch):
+def refuse_export(monkeypatch):
+    """Make torch.export refuse every model, so group-conv takes its symbolic_trace fallback."""
+    import slimc.frontend.export as frontend_export
+    import slimc.ir.exported as exported
+
+    def refuse(module, *args, **kwargs):
+        raise SlimcError(f"torch.export could not capture {type(module).__name__}: refused by the test.")
+
+    monkeypatch.setattr(exported, "export_module", refuse)
+    monkeypatch.setattr(frontend_export, "export_module", refuse)
+
+
+@pytest.mark.parametrize("frontend", ["torch.export", "symbolic_trace"])
+def test_a_permutation_that_is_not_exact_is_dropped(monkeypatch, frontend):
     import slimc.passes.fx.grouping.permute as permute_mod
     from slimc.passes.fx.prune.handlers import handler_for
 
     def only_one_layer(analysis, orders):  # forgets every consumer: the model changes
         per_slot = permute_mod.permutation_indices(analysis, orders)
+        if permute_mod.is_exported_analysis(analysis):  # slots are (parameter, axis): reorder one weight's rows
+            fqn, axis = next(k for k in per_slot if k[1] == 0 and k[0].endswith(".weight"))
+            owner, _, attr = fqn.rpartition(".")
+            mod = analysis.module.get_submodule(owner)
+            setattr(mod, attr, nn.Parameter(getattr(mod, attr).detach().index_select(0, per_slot[(fqn, axis)])))
+            return [owner]
         module = next(m for m, s in per_slot if s == "out")
         mod = analysis.gm.get_submodule(module)
         keep = {s: per_slot.get((m, s), torch.arange(a.numel())) for (m, s), a in analysis.tracker.slots.items()
@@ -260,21 +279,29 @@ def test_a_permutation_that_is_not_exact_is_dropped(monkeypatch):
         return [module]
 
     monkeypatch.setattr(permute_mod, "apply_permutation", only_one_layer)
+    if frontend == "symbolic_trace":
+        refuse_export(monkeypatch)
     prog = program()
     r = GroupConv(groups=2).apply(prog)
     assert "permutation dropped" in r.details["permutation_check"] and r.details["groups_permuted"] == 0
     plain = GroupConv(groups=2, permute=False).apply(prog)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(r.program.ir(x), plain.program.ir(x))
+    assert r.details["frontend"].startswith("torch.export" if frontend == "torch.export" else "torch.fx")
 
 
-def test_grouping_still_works_when_the_channel_analysis_fails(monkeypatch):
+@pytest.mark.parametrize("frontend", ["torch.export", "symbolic_trace"])
+def test_grouping_still_works_when_the_channel_analysis_fails(monkeypatch, frontend):
+    import slimc.passes.fx.prune.aten_graph as aten_graph
     import slimc.passes.fx.prune.graph as graph
 
     def boom(*args, **kwargs):
         raise RuntimeError("cannot follow this model")
 
     monkeypatch.setattr(graph, "analyze", boom)
+    monkeypatch.setattr(aten_graph, "analyze_module", boom)
+    if frontend == "symbolic_trace":
+        refuse_export(monkeypatch)
     r = GroupConv(groups=2).apply(program())
     assert r.details["grouped"] == 6 and "channel analysis failed" in r.details["permutation_check"]
     row = r.details["layers"]["b1.conv1"]

@@ -3,8 +3,13 @@
 Reordering a layer's output channels changes nothing when every consumer's input axis (and
 everything coupled with it: BatchNorm, residual partners, a flatten->linear block) is
 reordered the same way. That set is exactly a `ChannelGroup` of the prune analysis, so a
-permutation is given per group as the new order of its units and applied at every
-(module, slot) that holds its classes, positions moving by the new rank of their class.
+permutation is given per group as the new order of its units and applied at every slot that
+holds its classes, positions moving by the new rank of their class.
+
+Two kinds of analysis: on the exported ATen graph (prune/aten_graph.py) a slot is a parameter
+axis of the user's module ('b1.conv1.weight', 0) and the permutation reorders that parameter
+(or buffer) along that axis; on a torch.fx graph (the symbolic_trace fallback) a slot is
+(module, 'in'/'out') and the layer's prune handler reorders it.
 
 A group is permuted only when that is certainly free (`permutable_groups` says why not).
 """
@@ -18,12 +23,17 @@ from ..prune.graph import ChannelAnalysis, ChannelGroup
 from ..prune.handlers import handler_for
 from ..prune.labels import compact
 
-__all__ = ["permutable_groups", "permutation_indices", "apply_permutation"]
+__all__ = ["permutable_groups", "permutation_indices", "apply_permutation", "is_exported_analysis"]
 
 # Layers whose prune handler cuts with index_select in the order given (checked in
 # prune/layers.py): a permuted index list reorders them exactly.
 _ORDERED_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
                   nn.modules.instancenorm._InstanceNorm, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Embedding)
+
+
+def is_exported_analysis(analysis) -> bool:
+    """Whether `analysis` ran on the exported ATen graph (slots are parameter axes of `analysis.module`)."""
+    return getattr(analysis, "walk", None) is not None
 
 
 def _slot_classes(analysis: ChannelAnalysis) -> dict[tuple[str, str], torch.Tensor]:
@@ -48,7 +58,7 @@ def _canonical(seq: torch.Tensor, size: int) -> bool:
 
 def permutable_groups(analysis: ChannelAnalysis) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
     """(groups that can be permuted for free, {group name: why not} for the others)."""
-    gm = analysis.gm
+    slot_problem = _exported_slot_problem(analysis) if is_exported_analysis(analysis) else _fx_slot_problem(analysis)
     slot_cls = _slot_classes(analysis)
     param_classes = set()
     for label in analysis.tracker.params.values():
@@ -57,7 +67,7 @@ def permutable_groups(analysis: ChannelAnalysis) -> tuple[dict[str, ChannelGroup
     partial = _partly_seen(analysis)
     ok, skipped = {}, {}
     for gi, g in enumerate(analysis.groups):
-        why = _why_not(analysis, g, gm, slot_cls, param_classes)
+        why = _why_not(analysis, g, slot_problem, slot_cls, param_classes)
         if why is None and gi in partial:
             why = "some node sees only part of its channels (slicing or split)"
         if why:
@@ -84,7 +94,7 @@ def _partly_seen(analysis: ChannelAnalysis) -> set[int]:
     return partial
 
 
-def _why_not(analysis, g, gm, slot_cls, param_classes) -> str | None:
+def _why_not(analysis, g, slot_problem, slot_cls, param_classes) -> str | None:
     if g.size < 2:
         return "a single unit"
     if g.width != 1:
@@ -92,20 +102,59 @@ def _why_not(analysis, g, gm, slot_cls, param_classes) -> str | None:
     if g.pinned:
         return "pinned units: " + "; ".join(g.reasons[:2])
     if param_classes.intersection(g.classes.tolist()):
-        return "its channels reach a graph constant (get_attr), which is not permuted"
+        return ("its channels reach a parameter read element by element (not by a layer), which is not permuted"
+                if is_exported_analysis(analysis) else
+                "its channels reach a graph constant (get_attr), which is not permuted")
     unit = _unit_of(analysis, g)
     for (module, slot), cls in slot_cls.items():
         u = unit[torch.where(cls >= 0, cls, torch.full_like(cls, -1))]
         seq = u[u >= 0]
         if not seq.numel():
             continue
-        mod = gm.get_submodule(module)
-        transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
-        if not isinstance(mod, _ORDERED_TYPES) or (transposed and mod.groups != 1):
-            return f"reaches a {type(mod).__name__} ('{module}') that is not permuted"
+        problem = slot_problem((module, slot), cls.numel())
+        if problem:
+            return problem
         if not _canonical(seq, g.size):
             return f"'{module}:{slot}' sees its channels sliced, split or reordered"
     return None
+
+
+def _fx_slot_problem(analysis):
+    """(module, 'in'/'out') slots: only layers whose handler cuts with index_select in order permute."""
+    def problem(key, length):
+        module = key[0]
+        mod = analysis.gm.get_submodule(module)
+        transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+        if not isinstance(mod, _ORDERED_TYPES) or (transposed and mod.groups != 1):
+            return f"reaches a {type(mod).__name__} ('{module}') that is not permuted"
+        return None
+    return problem
+
+
+def _exported_slot_problem(analysis):
+    """(parameter FQN, axis) slots: any parameter or buffer reordered along the axis the graph reads
+    channels on, except slots of user module handlers and nn.MultiheadAttention's packed weights."""
+    from ..prune.module_cut import _tensor
+
+    attention = [n for n, m in analysis.module.named_modules() if isinstance(m, nn.MultiheadAttention)]
+
+    def problem(key, length):
+        fqn, axis = key
+        if not isinstance(axis, int):
+            return f"reaches '{fqn}:{axis}', a slot of a module-level handler, which is not permuted"
+        if fqn.endswith(("#in", "#all")):  # a grouped conv's input side: its classes are its outputs' (moved there)
+            return None
+        owner = fqn.rpartition(".")[0]
+        if any(owner == a or owner.startswith(a + ".") for a in attention):
+            return f"reaches nn.MultiheadAttention '{owner}' (packed weights), which is not permuted"
+        try:
+            t = _tensor(analysis.module, fqn)
+        except AttributeError:
+            t = None
+        if not isinstance(t, torch.Tensor) or t.dim() <= axis or t.shape[axis] != length:
+            return f"'{fqn}' axis {axis} does not hold these channels one per position; not permuted"
+        return None
+    return problem
 
 
 def _flat(values):
@@ -154,11 +203,15 @@ def permutation_indices(analysis: ChannelAnalysis,
 
 
 def apply_permutation(analysis: ChannelAnalysis, orders: dict[str, torch.Tensor]) -> list[str]:
-    """Reorder the layers of `analysis.gm` in place (modules replaced by the handlers' new tensors).
+    """Reorder the layers of the analysed module in place: `analysis.module` (exported analysis: its
+    parameters and buffers are replaced by reordered copies) or `analysis.gm` (torch.fx analysis:
+    the layers' prune handlers replace their tensors).
 
-    The modules must be private to the caller (their tensors may be shared: handlers replace
-    them, never write into them). Returns the names of the layers that changed.
+    The modules must be private to the caller (their tensors may be shared with the user's: they
+    are replaced, never written into). Returns the names of the modules that changed.
     """
+    if is_exported_analysis(analysis):
+        return _apply_to_parameters(analysis, orders)
     per_slot = permutation_indices(analysis, orders)
     modules = sorted({m for m, _ in per_slot})
     for module in modules:
@@ -167,3 +220,25 @@ def apply_permutation(analysis: ChannelAnalysis, orders: dict[str, torch.Tensor]
                 for (m, slot), atoms in analysis.tracker.slots.items() if m == module}
         handler_for(mod).shrink(mod, keep)
     return modules
+
+
+def _apply_to_parameters(analysis, orders) -> list[str]:
+    """Exported analysis: every (parameter, axis) slot that changes is index_select-ed; tied names
+    (one tensor under several names) get the same new tensor."""
+    from ..prune.module_cut import _aliases, _assign, _tensor
+
+    per_fqn: dict[str, list] = {}
+    for (fqn, axis), index in permutation_indices(analysis, orders).items():
+        if not fqn.endswith(("#in", "#all")):  # no tensor of its own (a grouped conv's input side)
+            per_fqn.setdefault(fqn, []).append((axis, index))
+    root = analysis.module
+    aliases = _aliases(root)
+    for fqn, axes in per_fqn.items():
+        old = _tensor(root, fqn)
+        new = old.detach()
+        for axis, index in axes:
+            new = new.index_select(axis, index)
+        new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+        for name in aliases.get(fqn, [fqn]):
+            _assign(root, name, new, old)
+    return sorted({fqn.rpartition(".")[0] for fqn in per_fqn})

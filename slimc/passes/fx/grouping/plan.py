@@ -14,7 +14,9 @@ __all__ = ["plan_and_permute"]
 def plan_and_permute(analysis, candidates, example_inputs):
     """Decide one order per permutable group (graph order of the convs) and apply them.
 
-    Returns (gm, orders, skipped groups, check). The permuted model is compared with the
+    The analysis ran on the exported graph (the module is `analysis.module`, a conv's slots are its
+    weight's axes) or on a torch.fx graph (`analysis.gm`, slots (conv, 'in'/'out')).
+    Returns (module, orders, skipped groups, check). The permuted model is compared with the
     unpermuted one on the example inputs; if it differs (an op the analysis could not see
     through), the permutation is dropped and the layers are cut in their original order.
     """
@@ -24,12 +26,17 @@ def plan_and_permute(analysis, candidates, example_inputs):
     from . import permute
     from .partition import cocluster, contiguous_blocks, mass_of, order_from_blocks
 
+    exported = permute.is_exported_analysis(analysis)
+
+    def slot(name, side):  # a dense conv's weight is (out, in, k...)
+        return (f"{name}.weight", 0 if side == "out" else 1) if exported else (name, side)
+
     ok, skipped = permute.permutable_groups(analysis)
     orders: dict[str, torch.Tensor] = {}
     for name, mod, g in candidates:
         mass = mass_of(mod.weight)
-        gin = _exact_group(analysis, ok, (name, "in"))
-        gout = _exact_group(analysis, ok, (name, "out"))
+        gin = _exact_group(analysis, ok, slot(name, "in"))
+        gout = _exact_group(analysis, ok, slot(name, "out"))
         fixed_in = _blocks_of(orders[gin], g) if gin in orders else (
             None if gin else contiguous_blocks(mass.shape[1], g))
         fixed_out = _blocks_of(orders[gout], g) if gout in orders else (
@@ -45,9 +52,9 @@ def plan_and_permute(analysis, candidates, example_inputs):
         if gin is not None and gin not in orders:
             orders[gin] = order_from_blocks(ib)
     orders = {k: v for k, v in orders.items() if not torch.equal(v, torch.arange(v.numel()))}
+    gm = analysis.module if exported else analysis.gm
     if not orders:
-        return analysis.gm, {}, skipped, "no group needed reordering"
-    gm = analysis.gm
+        return gm, {}, skipped, "no group needed reordering"
     backup = private_copy(gm)
     with torch.no_grad():
         before = gm(*example_inputs)

@@ -297,8 +297,8 @@ def analyze_module(module: torch.nn.Module, example_inputs, ignore=(), exported=
     interp = _AtenInterpreter(gm, tracker, lookup_handler, walk)
     walk.interp = interp
     values = _inputs(exported, example_inputs, example_kwargs)
-    concrete_inputs = {n.name for n in gm.graph.nodes if n.op == "placeholder"
-                       and n.name in exported.graph_signature.inputs_to_buffers}
+    buffers = exported.graph_signature.inputs_to_buffers  # a property that rebuilds its dict on every read
+    concrete_inputs = {n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name in buffers}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     try:
         with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True) as mode:

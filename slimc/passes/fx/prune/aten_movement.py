@@ -29,11 +29,30 @@ def _record_literals(ctx, out_label, sizes, axes):
     literals = ctx.walk.literals
 
     def record(cut):
-        for d, old in zip(axes, sizes):
+        whole = list(sizes)
+        for i, (d, old) in enumerate(zip(axes, sizes)):
             if isinstance(old, int) and old > 1:
                 new = int(cut.kept(out_label, d).sum())
                 if new != old:
                     literals.append((node_module, old, new))
+                    whole[i] = new
+        if whole != list(sizes) and all(isinstance(s, int) for s in sizes):  # a shape kept as one attribute
+            literals.append((node_module, tuple(sizes), tuple(whole)))
+    ctx.tracker.rewrites.append(record)
+
+
+def _record_split_sizes(ctx, pieces, dim):
+    """A split by a list of sizes (timm MixedConv2d's `splits`): the list and its total, old -> new."""
+    from .aten_graph import module_of
+
+    node_module, literals = module_of(ctx.node), ctx.walk.literals
+    old = tuple(int(p.shape[dim]) for p in pieces)
+
+    def record(cut):
+        new = tuple(int(cut.kept(p, dim).sum()) for p in pieces)
+        if new != old:
+            literals.append((node_module, old, new))
+            literals.append((node_module, sum(old), sum(new)))
     ctx.tracker.rewrites.append(record)
 
 
@@ -115,8 +134,17 @@ class AtenSplit(Handler):
         if len(set(widths)) == 1 and len(widths) > 1:
             for piece in pieces[1:]:
                 ctx.tracker.union(compact(pieces[0]), compact(piece), f"{ctx.describe()} splits into equal pieces")
+        elif name in ("split", "chunk") and len(set(widths[:-1])) == 1 and widths[-1] < widths[0]:
+            # chunk(n) / split(x, size) with a shorter last piece: at run time the pieces are sized from the
+            # new total, so every piece loses the same positions (the last one those of the first's prefix).
+            why = f"{ctx.describe()} splits into equal pieces and a shorter last one"
+            for piece in pieces[1:-1]:
+                ctx.tracker.union(compact(pieces[0]), compact(piece), why)
+            ctx.tracker.union(compact(pieces[0].narrow(dim, 0, widths[-1])), compact(pieces[-1]), why)
         if name == "split":
             _record_literals(ctx, pieces[0], [_val(ctx, 1)], [dim])
+        elif name == "split_with_sizes":
+            _record_split_sizes(ctx, pieces, dim)
         return pieces
 
 

@@ -172,7 +172,8 @@ class AtenNorm(Handler):
 
 
 class AtenLayerNorm(Handler):
-    """layer_norm over the last axis (normalized_shape of length 1); group_norm over whole groups."""
+    """layer_norm over the last axis (normalized_shape of length 1); group_norm over whole groups
+    (with a single group its channels are free, as layer_norm's are)."""
 
     def __init__(self, group: bool = False):
         self.group = group
@@ -191,7 +192,7 @@ class AtenLayerNorm(Handler):
         r = rows(lab, dim)
         rep = r.amax(1)
         t.union(rep[:, None].expand_as(r), r, why)
-        if groups:
+        if groups and groups > 1:  # one group (timm's GroupNorm1) normalises over all channels, like layer_norm
             blocks = rep.view(groups, -1)
             t.union(blocks, blocks[:, :1], f"{ctx.describe()} normalises whole groups")
         for i in (2, 3):

@@ -5,8 +5,8 @@ The analysis ran on the exported graph; its slots are parameter axes. Here every
 wte), and the attributes a layer's forward reads are set from the new shapes (Conv
 in/out_channels and groups, Linear in/out_features, BatchNorm num_features, LayerNorm
 normalized_shape, GroupNorm groups, Embedding embedding_dim, transformers' Conv1D nf/nx).
-Sizes that the graph spelled as literals and that shrank (a head count in a reshape, GPT-2's
-split_size) update the int attributes of the module that ran that reshape. Hugging Face
+The size attributes a module's own forward reads (a head count in a reshape, GPT-2's split_size,
+timm's attn_dim and split lists) follow the new widths (module_attrs.py). Hugging Face
 configs follow (hf_config.py), so `save_pretrained` writes the pruned widths.
 """
 
@@ -17,14 +17,10 @@ import torch.nn as nn
 
 from .attention import AttentionHandler
 from .handlers import handler_for
+from .module_attrs import update_module_attributes
 from .shrink import Cut, _cut_param
 
-__all__ = ["cut_module", "SIZE_ATTRIBUTES"]
-
-# Int attributes a module's forward may size a reshape or split with; updated when that literal shrinks.
-SIZE_ATTRIBUTES = ("num_heads", "num_attention_heads", "n_heads", "n_head", "num_key_value_heads", "num_kv_heads",
-                   "heads", "split_size", "all_head_size", "embed_dim", "inner_dim", "head_dim",
-                   "attention_head_size", "hidden_size", "hidden_dim", "d_model", "dim", "width", "channels")
+__all__ = ["cut_module"]
 
 
 def _tensor(root: nn.Module, fqn: str):
@@ -105,7 +101,7 @@ def cut_module(analysis, removed_units: dict[str, torch.Tensor]) -> list[str]:
     for name in sorted(changed_modules):
         if not any(name == o or name.startswith(o + ".") for o in mha) and name not in handled:
             _fix_layer(root.get_submodule(name) if name else root, name, old_shapes)
-    _fix_literals(root, analysis.walk.literals)
+    analysis.attribute_changes = update_module_attributes(root, analysis.walk.literals, old_shapes)
     return sorted(changed_modules)
 
 
@@ -140,7 +136,7 @@ def _fix_layer(mod: nn.Module, name: str, old_shapes: dict) -> None:
         mod.normalized_shape = (w.shape[0],)
     elif isinstance(mod, nn.GroupNorm) and isinstance(w, torch.Tensor):
         per = mod.num_channels // mod.num_groups
-        mod.num_channels, mod.num_groups = w.shape[0], w.shape[0] // per
+        mod.num_channels, mod.num_groups = w.shape[0], max(1, w.shape[0] // per)  # one group stays one
     elif isinstance(mod, nn.Embedding) and isinstance(w, torch.Tensor):
         mod.embedding_dim = w.shape[1]
     elif type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and isinstance(w, torch.Tensor):
@@ -156,24 +152,6 @@ def _fix_layer(mod: nn.Module, name: str, old_shapes: dict) -> None:
                     setattr(mod, attr, w.shape[0])
                 elif isinstance(value, (tuple, list)) and len(value) == 1:
                     setattr(mod, attr, type(value)([w.shape[0]]))
-
-
-def _fix_literals(root: nn.Module, literals) -> None:
-    """A reshape in module M spelled a size `old` that is now `new`: M's size attributes equal to
-    `old` are set to `new` (torchvision Swin's num_heads, GPT-2's split_size and num_heads)."""
-    seen = set()
-    for path, old, new in literals:
-        if (path, old) in seen:
-            continue
-        seen.add((path, old))
-        try:
-            mod = root.get_submodule(path) if path else root
-        except AttributeError:
-            continue
-        for attr in SIZE_ATTRIBUTES:
-            if type(getattr(mod, attr, None)) is int and getattr(mod, attr) == old and not isinstance(
-                    mod, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention)):
-                setattr(mod, attr, new)
 
 
 def _multihead_owners(root: nn.Module, fqns: set) -> set:
