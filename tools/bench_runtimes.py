@@ -28,9 +28,13 @@ Model names are torchvision's, plus bert_base: a BERT-base-shaped encoder (trans
 Measurements are interleaved: every row is timed for iters/rounds calls, round after round, so
 machine noise hits all rows alike; median and p90 are over all the row's calls. ORT, OpenVINO and
 torch use as many threads as the machine has cores (--threads to change). "vs ORT" is the speed-up
-over the plain export on ONNX Runtime (> 1 is faster). GFLOP/s is 2 x MACs / median latency, MACs
-counted by slimc.ir.stats on the row's ONNX graph (batch included), set against a float32 matmul
-measured in torch in the same run.
+over the plain export on ONNX Runtime (> 1 is faster), by median and by min. GFLOP/s is 2 x MACs / median
+latency, MACs counted by slimc.ir.stats on the row's ONNX graph (batch included), set against a float32
+matmul measured in torch in the same run. Each table's title carries the load average before/after its rounds.
+
+On a loaded machine: --kernel-times CALLS profiles every ONNX Runtime row afterwards (at 1 thread and at
+--threads) and prints each row's summed fastest node times, the per-core work that the load does not move;
+--ort-spinning off turns ORT's worker spinning off for every row alike.
 """
 
 from __future__ import annotations
@@ -49,12 +53,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ort_kernel_times import ort_kernel_times, print_kernel_table  # noqa: E402  (tools/, beside this file)
 
 LOSSLESS = ["fuse-bn", "to-onnx", "fold-constants", "simplify", "eliminate-dead", "dedupe-weights"]
 DEFAULT_MODELS = "resnet50,mobilenet_v2,efficientnet_b0,vit_b_16"
 INT8_LABELS = ("slimc int8", "slimc pruned 50% + int8", "ORT quantize_static", "NNCF int8 (OpenVINO IR)",
                "NNCF int8 (ONNX QDQ)")
 ISSUE5_MODELS = ("resnet50", "mobilenet_v2", "vit_b_16")
+# --ort-spinning off: every onnxruntime session (every row alike) gets session.intra_op.allow_spinning=0.
+ORT_SPIN = {"on": True}
 
 
 @dataclass
@@ -67,6 +75,8 @@ class Row:
     macs: int | None = None
     note: str = ""
     times: list = field(default_factory=list)
+    onnx: tuple | None = None  # (ONNX graph, feed) an onnxruntime row runs, for --kernel-times
+    kernel_ms: dict = field(default_factory=dict)  # threads -> {"total": ms, "glue": ms}, from --kernel-times
 
     def summary(self) -> dict:
         if not self.times:
@@ -75,7 +85,8 @@ class Row:
         p90 = t[min(len(t) - 1, int(round(0.9 * (len(t) - 1))))]
         return {"name": self.name, "runtime": self.runtime, "median_ms": statistics.median(t), "p90_ms": p90,
                 "min_ms": t[0],
-                "iters": len(t), "macs": self.macs, "note": self.note, "times_ms": self.times}
+                "iters": len(t), "macs": self.macs, "note": self.note, "times_ms": self.times,
+                **({"kernel_ms": self.kernel_ms} if self.kernel_ms else {})}
 
 
 # ---- pipelines -----------------------------------------------------------------------
@@ -309,10 +320,17 @@ def ort_runner(model, x_np, threads: int, device: str):
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not ORT_SPIN["on"]:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
     feed = {sess.get_inputs()[0].name: x_np}
-    return lambda: sess.run(None, feed)
+
+    def call():
+        return sess.run(None, feed)
+
+    call.onnx = (model, feed)  # for --kernel-times: the graph this row runs and its inputs
+    return call
 
 
 def openvino_runner(model, x_np, threads: int, device: str):
@@ -340,11 +358,20 @@ def openvino_runner(model, x_np, threads: int, device: str):
 def slimc_runner(program, x_np, backend: str, threads: int, device: str):
     """slimc's own backend artifact built from a compiled program."""
     # The backend classes directly, not get_backend: that imports every registered backend (TensorRT too).
+    if backend == "onnxruntime" and not ORT_SPIN["on"]:
+        # slimc's backend has no spinning option; its session is ort_runner's (threads, ORT_ENABLE_ALL) otherwise.
+        return ort_runner(program.ir, x_np, threads, device)
     if backend == "onnxruntime":
         from slimc.backend.onnxruntime import OnnxRuntimeBackend
 
         providers = "CUDAExecutionProvider,CPUExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
         art = OnnxRuntimeBackend(options={"threads": threads, "providers": providers}).build(program)
+
+        def call():
+            return art.run([x_np])
+
+        call.onnx = (program.ir, {program.ir.graph.input[0].name: x_np})  # for --kernel-times
+        return call
     else:
         from slimc.backend.openvino import OpenVinoBackend
 
@@ -444,7 +471,7 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
         try:
             fn = make()
             fn()  # warm-up call also checks that it runs
-            rows.append(Row(row_name, runtime, fn, macs))
+            rows.append(Row(row_name, runtime, fn, macs, onnx=getattr(fn, "onnx", None)))
         except Exception as exc:  # a row that cannot run is reported, not fatal
             if args.tracebacks:
                 traceback.print_exc()
@@ -521,16 +548,10 @@ def build_rows(name: str, batch: int, args) -> tuple[list[Row], dict]:
                 rows[-1].note = note
 
     need_base = not args.no_int8  # the int8 rows quantize these two compiled graphs
-    if name.startswith("bert"):
-        # slimc's FX frontend does not trace transformers' BertModel here: slimc compiles the plain export's ONNX
-        # with the ONNX-level passes of the lossless pipeline (and no pruning, which is FX-level).
-        onnx_passes = ",".join(p for p in lossless_pipeline().split(",") if p not in ("fuse-bn", "to-onnx"))
-        slimc_rows("slimc dense", plain, onnx_passes, "", force=need_base)
-        slimc_rows("slimc pruned 50%", None, None, "n/a: not run on bert_base (FX-level pass; the FX frontend "
-                   "does not trace BertModel here)")
-    else:
-        slimc_rows("slimc dense", model, lossless_pipeline(), "", force=need_base)
-        slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available", force=need_base)
+    # bert_base too: the torch.export frontend hands prune-channels the BertModel itself (heads and MLP units cut;
+    # the hidden size stays, pinned by the output).
+    slimc_rows("slimc dense", model, lossless_pipeline(), "", force=need_base)
+    slimc_rows("slimc pruned 50%", model, pruned_pipeline(), "n/a: prune-channels not available", force=need_base)
     tp_label = "Torch-Pruning 50%"
     if want(tp_label, "onnxruntime") or want(tp_label, "openvino"):
         try:
@@ -619,19 +640,20 @@ def print_table(title: str, rows: list[Row], matmul: float, notes=()) -> None:
     if mm:  # the matmul timed in the same rounds as the models: the fair yardstick under the same noise
         matmul = 2 * mm["macs"] / (mm["median_ms"] / 1e3) / 1e9
     print(f"\n### {title}\n")
-    print("| model | runtime | median ms | p90 ms | min ms | vs ORT plain | GMACs | GFLOP/s | % of matmul |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | runtime | median ms | p90 ms | min ms | vs ORT plain | by min | GMACs | GFLOP/s | % of matmul |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in sums:
         gmacs = f"{s['macs'] / 1e9:.2f}" if s.get("macs") else "-"
         if "median_ms" not in s:
-            print(f"| {s['name']} | {s['runtime']} | {s['note'] or 'n/a'} | | | | {gmacs} | | |")
+            print(f"| {s['name']} | {s['runtime']} | {s['note'] or 'n/a'} | | | | | {gmacs} | | |")
             continue
         ratio = f"{base['median_ms'] / s['median_ms']:.2f}x" if base and s is not mm else "-"
+        ratio_min = f"{base['min_ms'] / s['min_ms']:.2f}x" if base and s is not mm else "-"
         rate = 2 * s["macs"] / (s["median_ms"] / 1e3) / 1e9 if s.get("macs") else None
         rate_s = f"{rate:.1f}" if rate else "-"
         pct = f"{100 * rate / matmul:.0f}%" if rate else "-"
         label = f"{s['name']} ({s['note']})" if s.get("note") else s["name"]
-        print(f"| {label} | {s['runtime']} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['min_ms']:.2f} | {ratio} "
+        print(f"| {label} | {s['runtime']} | {s['median_ms']:.2f} | {s['p90_ms']:.2f} | {s['min_ms']:.2f} | {ratio} | {ratio_min} "
               f"| {gmacs} "
               f"| {rate_s} | {pct} |")
     print(f"\n% of matmul: against {matmul:.1f} GFLOP/s, the 2048^3 fp32 matmul row's median rate in this table.")
@@ -742,7 +764,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 rows (slimc, ORT quantize_static, NNCF)")
     ap.add_argument("--calib-samples", type=int, default=8, help="calibration samples of every int8 row (default 8)")
     ap.add_argument("--seq-len", type=int, default=128, help="sequence length of bert_base (default 128)")
+    ap.add_argument("--kernel-times", type=int, default=0, metavar="CALLS",
+                    help="after timing, profile every onnxruntime row for CALLS calls at 1 thread and at --threads "
+                         "and print the summed fastest node times (robust to load; 0 = off, default)")
+    ap.add_argument("--ort-spinning", choices=["on", "off"], default="on",
+                    help="ONNX Runtime worker-thread spinning for every onnxruntime row (default on, ORT's default; "
+                         "off keeps idle workers from competing with other processes on a shared machine)")
     args = ap.parse_args(argv)
+    ORT_SPIN["on"] = args.ort_spinning == "on"
 
     import torch
 
@@ -764,7 +793,7 @@ def main(argv=None) -> int:
     matmul = matmul_gflops(args.device)
     print(f"# bench_runtimes: device={args.device} threads={args.threads} torch threads="
           f"{args.torch_threads or args.threads} cores={os.cpu_count()} iters={args.iters} rounds={args.rounds} "
-          f"resolution={args.resolution} load average at start {_load()}")
+          f"resolution={args.resolution} ort-spinning={args.ort_spinning} load average at start {_load()}")
     print(f"# versions: {', '.join(f'{k} {v}' for k, v in versions.items())}")
     print(f"# float32 matmul 2048x2048 (torch): {matmul:.1f} GFLOP/s")
     print(f"# dense pipeline: {lossless_pipeline()}")
@@ -778,9 +807,20 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rows, info = build_rows(name, batch, args)
             built = time.perf_counter() - t0
+            info["load average before measuring"] = _load()
             measure(rows, args.iters, args.rounds)
-            print_table(f"{name}, batch {batch} (setup {built:.0f} s, measuring {time.perf_counter() - t0 - built:.0f} s)",
-                        rows, matmul, info["notes"])
+            info["load average after measuring"] = _load()
+            print_table(f"{name}, batch {batch} (setup {built:.0f} s, measuring {time.perf_counter() - t0 - built:.0f} s, "
+                        f"load average {info['load average before measuring']} before, "
+                        f"{info['load average after measuring']} after)", rows, matmul, info["notes"])
+            if args.kernel_times:
+                for r in rows:  # the timed sessions are done: free them before the profiled ones (BERT-base b8: OOM)
+                    r.fn = None
+                gc.collect()
+                counts = sorted({1, args.threads})
+                ort_kernel_times(rows, counts, args.kernel_times, spinning=ORT_SPIN["on"])
+                info["kernel times load average after"] = _load()
+                print_kernel_table(rows, counts)
             results.append({"model": name, "batch": batch, "rows": [r.summary() for r in rows], "info": info})
             sys.stdout.flush()
             del rows

@@ -40,6 +40,7 @@ from ...registry import Pass, PassResult, register_pass
 from ._auto import LAYER_OPS, auto_guard, guard_candidate_ops
 from ._calib import load_calibration
 from ._ort import QUANTIZED_OPS, OrtQuantizer, QuantSettings
+from ._pools import spatial_means_to_global_pools
 
 __all__ = ["QuantizeInt8", "int8_layers"]
 
@@ -96,6 +97,7 @@ class QuantizeInt8(Pass):
             raise SlimcError(f"the model is already quantized (it has {', '.join(done)} nodes); quantize-int8 works on "
                              "a float graph. Give the float model, or drop quantize-int8 from the pipeline.")
         exclude = self._excluded_names(model)
+        pools = spatial_means_to_global_pools(model)  # so they quantize too (QLinearGlobalAveragePool in ORT)
         calib = load_calibration(self.calib, model, self.samples,
                                  lambda seed: program.random_inputs(seed=7000 + seed))
         if calib.source == "random":
@@ -106,7 +108,7 @@ class QuantizeInt8(Pass):
         quantizer = OrtQuantizer(model, calib.feeds, settings)
         try:
             details = {"calibration": calib.source, "calib": self.calib, "samples": calib.samples,
-                       **settings.describe(), "mode": self.mode}
+                       **settings.describe(), "mode": self.mode, **({"global_pools": pools} if pools else {})}
             if self.mode == "auto":
                 candidates = [n.name for n in quantizer.model.graph.node
                               if n.op_type in guard_candidate_ops() and n.name not in exclude]
