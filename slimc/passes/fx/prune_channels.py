@@ -166,6 +166,10 @@ class PruneChannels(Pass):
         details = self._details(analysis, removed, notes, params_before, sum(p.numel() for p in work.parameters()))
         details["frontend"] = "torch.export"
         details["layers_changed"] = len(changed)
+        attrs = getattr(analysis, "attribute_changes", [])  # size attributes a module's forward reads
+        if attrs:
+            details["attributes_changed"] = attrs if self.explain else attrs[:10] + ([f"... {len(attrs) - 10} more"]
+                                                                                    if len(attrs) > 10 else [])
         dense, after = mac_estimate(analysis, removed)
         details["layer_macs_before"], details["layer_macs_after"] = dense, after
         asked = 1 - (1 - self.ratio) ** 2  # cutting every group by `ratio` cuts a conv chain's MACs by this

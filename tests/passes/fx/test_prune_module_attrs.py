@@ -411,6 +411,7 @@ def test_timm_vit_prunes_heads_through_compile_and_onnx_runtime():
     assert details["layer_macs_after"] < 0.45 * details["layer_macs_before"]
     attn = r.module.blocks[0].attn
     assert (attn.num_heads, attn.head_dim, attn.attn_dim) == (2, 64, 128) and attn.proj.in_features == 128
+    assert any(line.startswith("blocks.0.attn.num_heads") for line in details["attributes_changed"])
     assert r.artifact.run([x.numpy()])[0].shape == (1, 1000)
 
 
