@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import signal
 import sys
 import time
@@ -29,6 +28,8 @@ import warnings
 
 import torch
 import torch.nn as nn
+
+from zoo_checks import onnx_check, onnx_macs, output_layers, run_detector, shape_error, shapes  # noqa: F401
 
 TIMM = ("resnet18 resnet50d seresnext26d_32x4d resnest14d res2net50_14w_8s regnetx_002 regnety_002 efficientnet_b0 "
         "efficientnet_lite0 mobilenetv2_050 mobilenetv3_small_050 mobilenetv3_large_100 mnasnet_small ghostnet_100 "
@@ -140,69 +141,6 @@ def _hf(name: str):
 
 # ---- checks ----------------------------------------------------------------------------------
 
-def _shapes(out) -> list[tuple]:
-    """The shapes of every tensor a model returns (dicts, ModelOutput and tuples flattened in order)."""
-    from torch.utils._pytree import tree_leaves
-
-    return [tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-
-
-def onnx_macs(proto, x) -> tuple[int, int]:
-    """(params, MACs) of an ONNX model: one counter for the dense model, slimc's artifact and Torch-Pruning's."""
-    from slimc.ir.stats import onnx_stats
-
-    stats = onnx_stats(proto, (x,))
-    if not stats.macs:  # shapes computed at run time (Shape -> Reshape): fold them, then count
-        import onnxsim
-
-        stats = onnx_stats(onnxsim.simplify(proto)[0], (x,))
-    return stats.params, stats.macs
-
-
-def onnx_check(model, x, want: list[tuple], dynamo: bool = False) -> tuple[int, int, str]:
-    """Export to ONNX (a file: models over 2 GB keep their weights beside it), run it in ONNX Runtime;
-    returns (params, macs, error or ''). The TorchScript exporter first (fast) unless `dynamo`; the dynamo
-    exporter when it fails or writes a graph ONNX Runtime cannot run (MViT: a data-dependent `If`), and for
-    MViT at once (TorchScript's export of mvit_v2_s at 16x224x224 ran out of memory here)."""
-    exporters = (True,) if dynamo or type(model).__name__ == "MViT" else (False, True)
-    for use_dynamo in exporters:
-        try:
-            return _onnx_check_with(model, x, want, use_dynamo)
-        except Exception:
-            if use_dynamo:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _onnx_check_with(model, x, want, dynamo: bool) -> tuple[int, int, str]:
-    import tempfile
-
-    import onnx
-    import onnxruntime as ort
-
-    quiet = io.StringIO()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.onnx"
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            warnings.simplefilter("ignore")
-            if dynamo:
-                torch.onnx.export(model, (x,), path, dynamo=True, input_names=["input"], verbose=False)
-            else:
-                torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["input"])
-        params, macs = onnx_macs(onnx.load(path, load_external_data=False), x)
-        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-        got = [tuple(o.shape) for o in sess.run(None, {sess.get_inputs()[0].name: x.numpy()})]
-    return params, macs, _shape_error("onnx", got, want)
-
-
-def _shape_error(where: str, got: list[tuple], want: list[tuple]) -> str:
-    if got == want:
-        return ""
-    first = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
-    g, w = (v[first] if first < len(v) else None for v in (got, want))
-    return f"{where} output {first}: {g} != {w} ({len(got)} vs {len(want)} outputs)"
-
-
 def run_slimc(model, x, args) -> tuple[nn.Module, float, dict, list[tuple], int, int]:
     """What a user runs: `slimc.compile(model, x, pipeline="prune-channels{...},to-onnx", backend="onnxruntime")`.
 
@@ -243,32 +181,6 @@ def run_tp(model, x, args, ignored=None):
     return model, time.perf_counter() - start
 
 
-def output_layers(model, x) -> list[nn.Module]:
-    """The conv/linear layers whose outputs reach the model's outputs through parameter-free ops
-    (ReLU, pooling, adds, upsampling): what Torch-Pruning must leave whole for the outputs to keep
-    their widths (the backbone of a detector has one per feature map)."""
-    from torch.utils._pytree import tree_leaves
-
-    owner = {p: m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d))
-             for p in m.parameters(recurse=False)}
-    with torch.enable_grad():
-        outs = [t for t in tree_leaves(model(x)) if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-        found, seen, todo = [], set(), [t.grad_fn for t in outs]
-        while todo:
-            fn = todo.pop()
-            if fn is None or fn in seen:
-                continue
-            seen.add(fn)
-            layer = next((owner.get(getattr(n, "variable", None)) for n, _ in fn.next_functions
-                          if n is not None and getattr(n, "variable", None) in owner), None)
-            if layer is not None and type(fn).__name__.startswith(("Convolution", "Addmm", "Mm", "Linear")):
-                if layer not in found:
-                    found.append(layer)
-                continue  # a layer ends the walk on this path
-            todo.extend(n for n, _ in fn.next_functions if n is not None)
-    return found
-
-
 def _disagree(onnx_macs: int, compile_macs: int) -> bool:
     """The dense ONNX count and slimc.compile's own count of the dense model differ by over 2%."""
     return bool(compile_macs) and abs(onnx_macs - compile_macs) > 0.02 * compile_macs
@@ -294,17 +206,17 @@ def sweep_one(kind, name, args) -> dict:
         model, x = model.backbone, _backbone_input(name)
     row["input"] = "x".join(str(s) for s in x.shape[2:]) if x.dim() > 2 else str(x.shape[-1])
     with torch.no_grad():
-        want = _shapes(model(x))
+        want = shapes(model(x))
     row["params0"], row["macs0"], _ = onnx_check(model, x, want)
     users_model = model.model if isinstance(model, FirstOutput) else model  # compile takes ModelOutput/dicts
     try:
-        with _time_limit(args.timeout):
+        with _time_limit(2 * args.timeout):  # the whole compile: export, prune, ONNX export, ORT session
             pruned, row["sec"], row["facts"], got, row["params1"], row["macs1"] = run_slimc(users_model, x, args)
-        err = _shape_error("onnxruntime", got, want)
+        err = shape_error("onnxruntime", got, want)
         with torch.no_grad():
-            err = err or _shape_error("torch", _shapes(pruned(x)), want)
+            err = err or shape_error("torch", shapes(pruned(x)), want)
         if not err and whole is not None:
-            err = _run_detector(whole, pruned, name)
+            err = run_detector(whole, pruned, name)
         row["status"] = "ok" if not err else "FAIL " + err
         if row["facts"]["warning"]:
             row["status"] += " (warned)"
@@ -329,7 +241,7 @@ def sweep_one(kind, name, args) -> dict:
                 tp_model, row["tp_sec"] = run_tp(tp_model, x, args, ignored)
             row["tp_params"], row["tp_macs"], err = onnx_check(tp_model, x, want, row.get("dynamo_count", False))
             if not err and tp_whole is not None:
-                err = _run_detector(tp_whole, tp_model, name)
+                err = run_detector(tp_whole, tp_model, name)
             row["tp_status"] = "ok" if not err else "FAIL " + err
         except Exception as exc:
             row["tp_status"] = _failure(exc)[:100]
@@ -341,21 +253,6 @@ def _backbone_input(name: str) -> torch.Tensor:
     """The image the detector's transform hands its backbone (SSD: its fixed size; the rest: 320x320)."""
     size = 300 if name.startswith("ssd300") else 320
     return torch.randn(1, 3, size, size)
-
-
-def _run_detector(detector, backbone, name) -> str:
-    """Put the pruned backbone back and run the whole detector (eval, one small image) in torch."""
-    detector.backbone = backbone
-    detector.eval()
-    image = torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(1))
-    try:
-        with torch.no_grad():
-            out = detector([image])
-    except Exception as exc:
-        return f"detector with the pruned backbone: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
-    if not (isinstance(out, list) and len(out) == 1 and "boxes" in out[0]):
-        return f"detector with the pruned backbone returned {type(out).__name__}, not one dict with boxes"
-    return ""
 
 
 @contextlib.contextmanager
@@ -402,7 +299,7 @@ def names_of(kind: str, args) -> list[str]:
 
 def sweep_isolated(kind, name, args, argv) -> dict:
     """One model in a fresh process (a crash or an out-of-memory kill ends only that row), under a hard
-    wall-clock limit of three times --timeout; the row comes back as JSON with the process's peak RSS."""
+    wall-clock limit of four times --timeout; the row comes back as JSON with the process's peak RSS."""
     import json
     import subprocess
 
@@ -410,7 +307,7 @@ def sweep_isolated(kind, name, args, argv) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     start = time.perf_counter()
     try:
-        out, _ = proc.communicate(timeout=3 * args.timeout + 120)
+        out, _ = proc.communicate(timeout=4 * args.timeout + 120)
     except subprocess.TimeoutExpired:
         proc.kill()
         out = ""
@@ -439,7 +336,9 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--min-channels", type=int, default=8, help="ours only (Torch-Pruning has no such floor)")
     p.add_argument("--torch-pruning", action="store_true", help="also run Torch-Pruning at the same settings")
-    p.add_argument("--timeout", type=int, default=300, help="seconds allowed per pruner per model")
+    p.add_argument("--timeout", type=int, default=300,
+                   help="seconds for Torch-Pruning's pruning step; slimc.compile (export, prune, ONNX export, "
+                        "ONNX Runtime session) gets twice this")
     p.add_argument("--max-params", type=float, default=float("inf"), help="skip torchvision models larger than this")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a busy machine)")
     p.add_argument("--out", default="", help="append the table rows to this file as they finish")

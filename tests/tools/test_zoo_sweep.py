@@ -56,10 +56,10 @@ def test_output_layers_are_the_layers_that_feed_the_outputs_without_another_laye
 
 
 def test_shape_error_names_the_first_output_that_differs():
-    assert zoo_sweep._shape_error("onnx", [(1, 4), (1, 8)], [(1, 4), (1, 8)]) == ""
-    msg = zoo_sweep._shape_error("onnx", [(1, 4), (1, 6)], [(1, 4), (1, 8)])
+    assert zoo_sweep.shape_error("onnx", [(1, 4), (1, 8)], [(1, 4), (1, 8)]) == ""
+    msg = zoo_sweep.shape_error("onnx", [(1, 4), (1, 6)], [(1, 4), (1, 8)])
     assert msg == "onnx output 1: (1, 6) != (1, 8) (2 vs 2 outputs)"
-    assert "output 1: None != (1, 8)" in zoo_sweep._shape_error("torch", [(1, 4)], [(1, 4), (1, 8)])
+    assert "output 1: None != (1, 8)" in zoo_sweep.shape_error("torch", [(1, 4)], [(1, 4), (1, 8)])
 
 
 def test_child_argv_drops_the_options_the_parent_sets_per_model():
