@@ -14,6 +14,7 @@ from .frontend.inputs import check_tensor_fits, example_inputs_from
 from .frontend.specs import describe_source, load_model
 from .frontend.capture import capture
 from .ir.fidelity import fidelity
+from .finetune.distributed import is_main_process
 from .ir.onnx_io import write_json
 from .ir.program import Program
 from .ir.runner import run_ir
@@ -155,7 +156,10 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
     lowered = manager.lowered_for(program)
     final, records = manager.run(program, input_stats=None if lifted else before)
     artifact = target.build(final) if target else None
-    saved = artifact.save(Path(report_opts.output_dir)) if (artifact and report_opts.output_dir is not None) else None
+    # Under torchrun every rank compiles the same model (fine-tuning is data-parallel); only rank 0 writes.
+    writes = is_main_process()
+    saved = (artifact.save(Path(report_opts.output_dir))
+             if (artifact and report_opts.output_dir is not None and writes) else None)
     after = records[-1].stats if records else before
     fid = _fidelity(program, final, artifact, report_opts.fidelity_samples, inputs.seed)
     warnings = [f"{r.name}: {w}" for r in records for w in r.warnings]
@@ -182,7 +186,7 @@ def compile(model, example_inputs=None, pipeline: Pipeline | str | Sequence = DE
             report["benchmark"] = artifact.benchmark(iters=report_opts.benchmark_iters).as_dict()
         except CannotRunHere as exc:
             report["benchmark"] = {"skipped": str(exc)}
-    if report_opts.path is not None:
+    if report_opts.path is not None and writes:
         write_json(Path(report_opts.path), report)
     module = final.ir if final.level == "fx" else final.fx_module
     return CompileResult(final, module, final.ir if final.level == "onnx" else None, artifact, report, records)

@@ -94,6 +94,17 @@ def test_compile_without_backend_and_with_dumps(tmp_path, tiny_cnn, tiny_input):
     assert stems == ["00-input", "01-fuse-bn", "02-to-onnx"]
 
 
+@pytest.mark.parametrize("rank, writes", [("0", True), ("1", False)])
+def test_under_torchrun_only_rank_0_writes(monkeypatch, tmp_path, tiny_cnn, tiny_input, rank, writes):
+    monkeypatch.setenv("RANK", rank)
+    result = slimc.compile(tiny_cnn, tiny_input, pipeline="fuse-bn", instrumentation=slimc.Instrumentation(dump_ir=tmp_path / "dump"),
+                           report=slimc.ReportOptions(path=tmp_path / "report.json", output_dir=tmp_path / "out"))
+    assert result.artifact is not None and result.artifact.run([tiny_input])[0].shape == (tiny_input.shape[0], 10)
+    assert (result.report["artifact"] is not None) == writes
+    assert (tmp_path / "report.json").exists() == writes
+    assert (tmp_path / "out").exists() == writes and (tmp_path / "dump").exists() == writes
+
+
 def test_onnx_file_input(tmp_path, tiny_cnn, tiny_input):
     exported = slimc.compile(tiny_cnn, tiny_input, pipeline="to-onnx", backend=None, fidelity_samples=0).onnx
     src = tmp_path / "tiny.onnx"

@@ -130,10 +130,13 @@ class PassManager:
         records: list[PassRecord] = []
         check_inputs = program.random_inputs(seed=1234) if inst.verify_each else None
         reference = program.run(check_inputs) if inst.verify_each else None
-        if inst.dump_ir is not None:
+        from ..finetune.distributed import is_main_process
+
+        dump_dir = inst.dump_ir if is_main_process() else None  # under torchrun, rank 0 alone writes dumps
+        if dump_dir is not None:
             from ..ir.dump import dump_program
 
-            dump_program(program, inst.dump_ir, "00-input")
+            dump_program(program, dump_dir, "00-input")
         with _PassProgress(len(pipeline), inst.progress) as bar:
             for index, p in enumerate(pipeline, start=1):
                 bar.starting(p.name)
@@ -157,10 +160,10 @@ class PassManager:
                                            f"{stats.params:,}")
                 if inst.verify_each:
                     reference = self._verify(index, p, new, check_inputs, reference, record)
-                if inst.dump_ir is not None and (result.changed or not inst.dump_ir_changed_only):
+                if dump_dir is not None and (result.changed or not inst.dump_ir_changed_only):
                     from ..ir.dump import dump_program
 
-                    dump_program(new, inst.dump_ir, f"{index:02d}-{p.name}")
+                    dump_program(new, dump_dir, f"{index:02d}-{p.name}")
                 records.append(record)
                 if inst.on_pass is not None:
                     inst.on_pass(record)

@@ -57,6 +57,8 @@ def test_batchnormact_folds_its_norm_and_keeps_its_activation():
     new = result.program.ir
     assert type(new.bn).__name__ == "BatchNormAct2d" and isinstance(new.bn.act, nn.ReLU)  # activation kept
     assert new.conv.bias is not None
+    # the folded norm has no scale and shift left: 8 bias values added, 16 norm parameters gone
+    assert new.bn.weight is None and n_params(new) == n_params(model) - 8
     # the activation matters: without it outputs would differ (negative pre-activations exist)
     xs = fresh_inputs(program)
     assert_outputs_close(program.run(xs), result.program.run(xs), rel=1e-5)
@@ -73,6 +75,7 @@ def test_timm_model_with_batchnormact_fuses_every_norm_through_compile():
                            fidelity_samples=2)
     fuse = result.report["passes"][0]
     assert fuse["details"]["fused"] == n_bn > 10
+    assert fuse["stats"]["params"] < n_params(model) and not result.report["warnings"]  # lossless, no growth
     assert result.report["after"]["ops"].get("BatchNormalization", 0) == 0  # identity norms simplified away
     assert result.report["fidelity"]["cosine"] > 0.99999
     xs = fresh_inputs(result.program)
