@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
 import time
@@ -195,7 +196,8 @@ def _failure(exc) -> str:
     while cause is not None and not isinstance(cause, TimeoutError):  # the alarm may fire inside an export
         cause = cause.__cause__ or cause.__context__
     exc = cause or exc
-    return f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # exporters colour their messages
+    return f"FAIL {type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}"
 
 
 def sweep_one(kind, name, args) -> dict:
