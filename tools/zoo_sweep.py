@@ -1,24 +1,26 @@
 """Prune model zoos with `prune-channels` (and Torch-Pruning beside it) and check every result.
 
-Lists: torchvision classifiers (`tv`), timm models across families (`timm`, random weights,
-pretrained=False), five Hugging Face transformers with tiny random configs (`hf`), torchvision video
-(`video`) and segmentation (`seg`) models. For each model: prune the model itself (slimc exports it
-with torch.export and cuts the user's module) at --ratio, check the output shape, export the pruned
-model to ONNX, run it in ONNX Runtime, and count MACs on the exported ONNX before and after (one
-counter for slimc and Torch-Pruning). A model *counts* when MACs drop to <= 0.55 of dense (at ratio
-0.5) and ONNX Runtime gives the dense output shape. With --torch-pruning, Torch-Pruning 1.6.1
-(comparison only) runs at the same settings (L2 magnitude, same ratio and round_to, last layer
-ignored, MultiheadAttention heads given) and the same checks. One model at a time; rows are
-appended to --out as they finish.
+Lists: torchvision classifiers (`tv`, all of `torchvision.models.list_models`), timm models across families
+(`timm`, random weights), five Hugging Face transformers with tiny random configs (`hf`), torchvision video
+(`video`) and segmentation (`seg`) models, and torchvision detectors (`det`: their backbones are pruned, then
+put back and the whole detector runs in torch on one image). slimc's side is what a user runs:
+`slimc.compile(model, x, pipeline="prune-channels{ratio=.. criterion=l2 round-to=8},to-onnx",
+backend="onnxruntime")`; the artifact runs on x and must give the dense output shapes, and MACs are counted on
+the artifact's ONNX. The report's frontend, warning and blockers go to --facts. A model *counts* when MACs
+drop to <= 0.55 of dense (at ratio 0.5) and ONNX Runtime gives the dense output shapes. With
+--torch-pruning, Torch-Pruning 1.6.1 (comparison only) runs at the same settings (L2 magnitude, same ratio
+and round_to, the last layer ignored -- for a detector's backbone, every layer that feeds an output --
+MultiheadAttention heads given), is exported to ONNX and counted by the same counter, with the same checks.
+One model at a time, each in its own process by default; rows are appended to --out as they finish.
 
-    .venv/bin/python tools/zoo_sweep.py --lists hf,video,seg,timm,tv --torch-pruning --out sweep.md
+    .venv/bin/python tools/zoo_sweep.py --lists tv,video,seg,det --torch-pruning --timeout 120 --out sweep.md
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import re
 import signal
 import sys
 import time
@@ -28,6 +30,8 @@ import warnings
 import torch
 import torch.nn as nn
 
+from zoo_checks import onnx_check, onnx_macs, output_layers, run_detector, shape_error, shapes  # noqa: F401
+
 TIMM = ("resnet18 resnet50d seresnext26d_32x4d resnest14d res2net50_14w_8s regnetx_002 regnety_002 efficientnet_b0 "
         "efficientnet_lite0 mobilenetv2_050 mobilenetv3_small_050 mobilenetv3_large_100 mnasnet_small ghostnet_100 "
         "hardcorenas_a fbnetc_100 tinynet_e lcnet_050 rexnet_100 densenet121 dla34 cspresnet50 ese_vovnet19b_dw "
@@ -36,8 +40,15 @@ TIMM = ("resnet18 resnet50d seresnext26d_32x4d resnest14d res2net50_14w_8s regne
         "edgenext_xx_small fastvit_t8 efficientvit_b0 mobileone_s0 xcit_nano_12_p16_224").split()
 HF = ["BertModel", "DistilBertForSequenceClassification", "ViTForImageClassification", "GPT2LMHeadModel",
       "LlamaForCausalLM"]
-VIDEO = ["r3d_18", "mc3_18", "r2plus1d_18", "s3d"]  # mvit_v2_s (16x224x224 fixed): out of memory here
-SEG = ["fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large"]
+VIDEO = ["r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v1_b", "mvit_v2_s", "swin3d_t", "swin3d_s", "swin3d_b"]
+SEG = ["fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+       "lraspp_mobilenet_v3_large"]
+DET = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn",
+       "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
+       "ssd300_vgg16", "ssdlite320_mobilenet_v3_large", "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2",
+       "keypointrcnn_resnet50_fpn"]
+# Video clips (T, H, W): the smallest each model accepts (MViT's positional grid is fixed at 16x224x224).
+_VIDEO_CLIP = {"mvit": (16, 224, 224), "s3d": (16, 224, 224), "swin3d": (8, 64, 64)}
 
 # torchvision classifiers that need their training resolution (patch/window grids are fixed) or a minimum size.
 _TV_SIZE = {"vit": 224, "swin": 224, "maxvit": 224, "inception_v3": 128, "googlenet": 64, "alexnet": 224,
@@ -87,13 +98,18 @@ def build(kind: str, name: str):
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None).eval()
-        shape = (1, 3, 16, 224, 224) if name.startswith(("mvit", "s3d")) else (1, 3, 8, 64, 64)
-        return model, torch.randn(*shape)
+        clip = next((c for p, c in _VIDEO_CLIP.items() if name.startswith(p)), (8, 64, 64))
+        return model, torch.randn(1, 3, *clip)
     if kind == "seg":
         import torchvision
 
         model = torchvision.models.get_model(name, weights=None, weights_backbone=None, aux_loss=False).eval()
         return FirstOutput(model, "out").eval(), torch.randn(1, 3, 64, 64)
+    if kind == "det":  # the detector; sweep_one prunes its backbone
+        import torchvision
+
+        kwargs = {} if name.startswith("ssd") else {"min_size": 320, "max_size": 320}
+        return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs).eval(), None
     if kind == "hf":
         return _hf(name)
     raise ValueError(kind)
@@ -126,53 +142,37 @@ def _hf(name: str):
 
 # ---- checks ----------------------------------------------------------------------------------
 
-def onnx_check(model, x, want_shape) -> tuple[int, int, str]:
-    """Export, run in ONNX Runtime; returns (params, macs, error or '')."""
-    import onnx
-    import onnxruntime as ort
+def run_slimc(model, x, args) -> tuple[nn.Module, float, dict, list[tuple], int, int]:
+    """What a user runs: `slimc.compile(model, x, pipeline="prune-channels{...},to-onnx", backend="onnxruntime")`.
 
-    from slimc.ir.stats import onnx_stats
+    Returns (pruned module, seconds in the prune pass, facts from the report, ONNX Runtime output shapes, params, MACs on
+    the artifact's ONNX)."""
+    import slimc
 
-    buf = io.BytesIO()
-    quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17, input_names=["input"])
-        except Exception:  # models TorchScript cannot take: the dynamo exporter
-            buf = io.BytesIO()
-            torch.onnx.export(model, (x,), buf, dynamo=True, input_names=["input"], verbose=False)
-    proto = onnx.load_from_string(buf.getvalue())
-    stats = onnx_stats(proto, (x,))
-    if not stats.macs:  # shapes computed at run time (Shape -> Reshape): fold them, then count
-        import onnxsim
-
-        stats = onnx_stats(onnxsim.simplify(proto)[0], (x,))
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
-    if tuple(out.shape) != tuple(want_shape):
-        return stats.params, stats.macs, f"onnx output {tuple(out.shape)} != {tuple(want_shape)}"
-    return stats.params, stats.macs, ""
-
-
-def run_slimc(model, x, args):
-    from slimc.ir.program import Program
-    from slimc.passes.fx.prune_channels import PruneChannels
-
-    program = Program(model, (x,), ("input",), ("output",), original=model)
+    pipeline = (f"prune-channels{{ratio={args.ratio} criterion=l2 round-to={args.round_to} "
+                f"min-channels={args.min_channels}}},to-onnx")
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = PruneChannels(ratio=args.ratio, criterion="l2", round_to=args.round_to,
-                               min_channels=args.min_channels).apply(program)
-    return result.program.ir, time.perf_counter() - start, result.details
+        result = slimc.compile(model, (x,), pipeline=pipeline, backend="onnxruntime", fidelity_samples=0)
+    compile_s = time.perf_counter() - start
+    prune = next(p for p in result.report["passes"] if p["name"] == "prune-channels")
+    details = prune["details"]
+    facts = {"frontend": result.report["frontend"], "compile_s": round(compile_s, 2),
+             "compile_macs": [result.report["before"]["macs"], result.report["after"]["macs"]],
+             "warning": details.get("warning", ""), "notes": details.get("notes", []),
+             "blockers": [b.get("reason", "") for b in details.get("blockers", [])][:3]}
+    got = [tuple(o.shape) for o in result.artifact.run([x.numpy()])]
+    params, macs = onnx_macs(result.onnx, x)
+    return result.module, prune["seconds"], facts, got, params, macs
 
 
-def run_tp(model, x, args):
+def run_tp(model, x, args, ignored=None):
     import torch_pruning as tp
 
-    leaves = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d))]
-    ignored = [leaves[-1]] if leaves else []  # the last layer: its outputs are the model's outputs
+    if ignored is None:
+        leaves = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d))]
+        ignored = [leaves[-1]] if leaves else []  # the last layer: its outputs are the model's outputs
     heads = {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
     start = time.perf_counter()
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
@@ -182,49 +182,79 @@ def run_tp(model, x, args):
     return model, time.perf_counter() - start
 
 
-def _first(out):
-    from torch.utils._pytree import tree_leaves
-
-    return next(t for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+def _disagree(onnx_macs: int, compile_macs: int) -> bool:
+    """The dense ONNX count and slimc.compile's own count of the dense model differ by over 2%."""
+    return bool(compile_macs) and abs(onnx_macs - compile_macs) > 0.02 * compile_macs
 
 
 def _counts(macs0, macs1, status) -> bool:
     return status == "ok" and bool(macs0) and macs1 is not None and macs1 <= 0.55 * macs0
 
 
+def _failure(exc) -> str:
+    cause = exc
+    while cause is not None and not isinstance(cause, TimeoutError):  # the alarm may fire inside an export
+        cause = cause.__cause__ or cause.__context__
+    exc = cause or exc
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # exporters colour their messages
+    return f"FAIL {type(exc).__name__}: {text.splitlines()[0][:120] if text else ''}"
+
+
 def sweep_one(kind, name, args) -> dict:
     row = {"list": kind, "model": name}
     model, x = build(kind, name)
+    whole = model if kind == "det" else None  # a detector: its backbone is pruned, then it runs whole
+    if whole is not None:
+        model, x = model.backbone, _backbone_input(name)
     row["input"] = "x".join(str(s) for s in x.shape[2:]) if x.dim() > 2 else str(x.shape[-1])
     with torch.no_grad():
-        want = _first(model(x)).shape
+        want = shapes(model(x))
     row["params0"], row["macs0"], _ = onnx_check(model, x, want)
+    users_model = model.model if isinstance(model, FirstOutput) else model  # compile takes ModelOutput/dicts
     try:
-        with _time_limit(args.timeout):
-            pruned, row["sec"], details = run_slimc(model, x, args)
+        with _time_limit(2 * args.timeout):  # the whole compile: export, prune, ONNX export, ORT session
+            pruned, row["sec"], row["facts"], got, row["params1"], row["macs1"] = run_slimc(users_model, x, args)
+        err = shape_error("onnxruntime", got, want)
         with torch.no_grad():
-            got = _first(pruned(x)).shape
-        if got != want:
-            raise RuntimeError(f"output {tuple(got)} != {tuple(want)}")
-        row["params1"], row["macs1"], err = onnx_check(pruned, x, want)
+            err = err or shape_error("torch", shapes(pruned(x)), want)
+        if not err and whole is not None:
+            err = run_detector(whole, pruned, name)
         row["status"] = "ok" if not err else "FAIL " + err
-        if "warning" in details:
+        if row["facts"]["warning"]:
             row["status"] += " (warned)"
+        if _disagree(row["macs0"], row["facts"]["compile_macs"][0]):
+            # TorchScript's graph left some layers without shapes (ShuffleNet's channel shuffle): count the
+            # dense model (and Torch-Pruning's) on the dynamo exporter's graph, as slimc's artifact is.
+            row["params0"], row["macs0"], _ = onnx_check(model, x, want, dynamo=True)
+            row["dynamo_count"] = True
     except Exception as exc:
-        row["status"] = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        row["status"] = _failure(exc)
         if args.verbose:
             traceback.print_exc()
     row["counts"] = _counts(row["macs0"], row.get("macs1"), row["status"].split(" (")[0])
     if args.torch_pruning:
         try:
+            tp_model = build(kind, name)[0]
+            tp_whole = tp_model if kind == "det" else None
+            if tp_whole is not None:
+                tp_model = tp_model.backbone
+            ignored = output_layers(tp_model, x) if tp_whole is not None else None
             with _time_limit(args.timeout):
-                tp_model, row["tp_sec"] = run_tp(build(kind, name)[0], x, args)
-            row["tp_params"], row["tp_macs"], err = onnx_check(tp_model, x, want)
+                tp_model, row["tp_sec"] = run_tp(tp_model, x, args, ignored)
+            row["tp_params"], row["tp_macs"], err = onnx_check(tp_model, x, want, row.get("dynamo_count", False))
+            if not err and tp_whole is not None:
+                err = run_detector(tp_whole, tp_model, name)
             row["tp_status"] = "ok" if not err else "FAIL " + err
         except Exception as exc:
-            row["tp_status"] = f"FAIL {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
+            row["tp_status"] = _failure(exc)[:100]
         row["tp_counts"] = _counts(row["macs0"], row.get("tp_macs"), row["tp_status"])
     return row
+
+
+def _backbone_input(name: str) -> torch.Tensor:
+    """The image the detector's transform hands its backbone (SSD: its fixed size; the rest: 320x320)."""
+    size = 300 if name.startswith("ssd300") else 320
+    return torch.randn(1, 3, size, size)
 
 
 @contextlib.contextmanager
@@ -266,40 +296,87 @@ def names_of(kind: str, args) -> list[str]:
 
         names = torchvision.models.list_models(module=torchvision.models)
         return [n for n in names if not any(n.startswith(k) and v > args.max_params for k, v in _TV_BIG.items())]
-    return {"timm": TIMM, "hf": HF, "video": VIDEO, "seg": SEG}[kind]
+    return {"timm": TIMM, "hf": HF, "video": VIDEO, "seg": SEG, "det": DET}[kind]
+
+
+def sweep_isolated(kind, name, args, argv) -> dict:
+    """One model in a fresh process (a crash or an out-of-memory kill ends only that row), under a hard
+    wall-clock limit of four times --timeout; the row comes back as JSON with the process's peak RSS."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, __file__, *argv, "--lists", kind, "--models", name, "--row-json", "--no-isolate"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    start = time.perf_counter()
+    try:
+        out, _ = proc.communicate(timeout=4 * args.timeout + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = ""
+    lines = [ln for ln in (out or "").splitlines() if ln.startswith("{")]
+    row = json.loads(lines[-1]) if lines else {
+        "list": kind, "model": name,
+        "status": f"FAIL process ended (code {proc.returncode}) after {time.perf_counter() - start:.0f} s"}
+    return row
+
+
+def _sweep_guarded(kind, name, args) -> dict:
+    try:
+        return sweep_one(kind, name, args)
+    except Exception as exc:  # the dense model itself failed to build or export
+        return {"list": kind, "model": name, "status": f"FAIL (dense) {type(exc).__name__}: {str(exc)[:100]}"}
 
 
 def main(argv=None) -> int:
+    import json
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lists", default="tv,timm,hf,video,seg", help="comma-separated: tv, timm, hf, video, seg")
-    p.add_argument("--models", default="", help="only these names (comma-separated)")
+    p.add_argument("--lists", default="tv,timm,hf,video,seg,det",
+                   help="comma-separated: tv, timm, hf, video, seg, det")
+    p.add_argument("--models", default="", help="only these names (comma-separated), in this order")
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--min-channels", type=int, default=8, help="ours only (Torch-Pruning has no such floor)")
     p.add_argument("--torch-pruning", action="store_true", help="also run Torch-Pruning at the same settings")
-    p.add_argument("--timeout", type=int, default=300, help="seconds allowed per pruner per model")
-    p.add_argument("--max-params", type=float, default=150e6, help="skip torchvision models larger than this")
+    p.add_argument("--timeout", type=int, default=300,
+                   help="seconds for Torch-Pruning's pruning step; slimc.compile (export, prune, ONNX export, "
+                        "ONNX Runtime session) gets twice this")
+    p.add_argument("--max-params", type=float, default=float("inf"), help="skip torchvision models larger than this")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a busy machine)")
     p.add_argument("--out", default="", help="append the table rows to this file as they finish")
+    p.add_argument("--facts", default="", help="append each row with slimc's report facts (frontend, warning, "
+                                               "blockers, peak RSS) to this JSON-lines file")
+    p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                   help="each model in its own process (default; --no-isolate runs them in this one)")
+    p.add_argument("--row-json", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    only = {n for n in args.models.split(",") if n}
+    if args.row_json:  # the child of sweep_isolated: one model, its row as JSON on the last line
+        kind, name = args.lists, args.models
+        import resource
+
+        row = _sweep_guarded(kind, name, args)
+        row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)  # KiB on Linux
+        print(json.dumps(row, default=str), flush=True)
+        return 0
+    passed = [a for a in (sys.argv[1:] if argv is None else argv)]
+    passed = _without(passed, ("--lists", "--models", "--out", "--facts"))
+    only = [n for n in args.models.split(",") if n]
     print(HEADER, flush=True)
     totals: dict[str, list[int]] = {}
     for kind in [k for k in args.lists.split(",") if k]:
-        for name in names_of(kind, args):
-            if only and name not in only:
-                continue
-            try:
-                row = sweep_one(kind, name, args)
-            except Exception as exc:  # the dense model itself failed to build or export
-                row = {"list": kind, "model": name, "status": f"FAIL (dense) {type(exc).__name__}: {str(exc)[:100]}"}
+        listed = names_of(kind, args)
+        for name in [n for n in only if n in listed] if only else listed:  # in the order --models gives
+            row = sweep_isolated(kind, name, args, passed) if args.isolate else _sweep_guarded(kind, name, args)
             line = format_row(row)
             print(line, flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(line + "\n")
+            if args.facts:
+                with open(args.facts, "a") as f:
+                    f.write(json.dumps(row, default=str) + "\n")
             t = totals.setdefault(kind, [0, 0, 0])
             t[0] += 1
             t[1] += bool(row.get("counts"))
@@ -307,6 +384,19 @@ def main(argv=None) -> int:
     for kind, (n, ours, theirs) in totals.items():
         print(f"{kind}: slimc {ours}/{n}" + (f", Torch-Pruning {theirs}/{n}" if args.torch_pruning else ""))
     return 0
+
+
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """argv less the given options and their values (`--opt v` or `--opt=v`)."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in options)):
+            kept.append(a)
+    return kept
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ def compact(label: torch.Tensor) -> torch.Tensor:
 def rows(label: torch.Tensor, dim: int) -> torch.Tensor:
     """The atoms seen at each index of axis `dim`, as an (n, k) matrix (k >= 1)."""
     t = label.movedim(dim % label.dim(), 0)
+    if t.numel() == 0:  # an empty tensor (Swin3D's zero-width padding slices): no atom anywhere
+        return torch.full((t.shape[0], 1), -1, dtype=t.dtype)
     # An axis broadcast with stride 0 repeats one value: looking at its first entry is enough.
     index = tuple([slice(None)] + [0 if t.stride(i) == 0 else slice(None) for i in range(1, t.dim())])
     t = t[index]

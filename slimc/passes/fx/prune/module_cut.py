@@ -59,10 +59,11 @@ def cut_module(analysis, removed_units: dict[str, torch.Tensor]) -> list[str]:
         if bool(gone.any()):
             per_param.setdefault(fqn, {})[axis] = (~gone).nonzero().flatten()
     elements = {}
+    atoms_per_class = torch.bincount(analysis.class_of)
     for fqn, label in tracker.params.items():
         gone = cut.removed_at(label)
         if bool(gone.any()):
-            elements[fqn] = gone
+            elements[fqn] = (gone, atoms_per_class[analysis.class_of[label]] == 1)  # (removed, tied to nothing)
     analysis.walk.literals.clear()
     for rewrite in tracker.rewrites:
         rewrite(cut)
@@ -77,7 +78,8 @@ def cut_module(analysis, removed_units: dict[str, torch.Tensor]) -> list[str]:
         old = _tensor(root, fqn)
         new = old.detach()
         if fqn in elements:
-            new = _cut_param(new, elements[fqn], fqn)
+            gone, free = elements[fqn]
+            new = _cut_param(new, gone, fqn, free)
         for axis, keep in sorted(per_param.get(fqn, {}).items()):
             if new.shape[axis] != keep.numel():
                 new = new.index_select(axis, keep)

@@ -50,12 +50,16 @@ def _set_attr(root: nn.Module, qualname: str, value) -> None:
         setattr(parent, attr, value)
 
 
-def _cut_param(tensor: torch.Tensor, removed: torch.Tensor, name: str) -> torch.Tensor:
+def _cut_param(tensor: torch.Tensor, removed: torch.Tensor, name: str, free: torch.Tensor | None = None) -> torch.Tensor:
+    """`tensor` less the slices along one axis whose positions are all removed. `free` marks positions
+    tied to nothing (never read: table rows a smaller window does not gather); they go with their slice."""
     for d in range(tensor.dim()):
         along = removed.movedim(d, 0).reshape(tensor.shape[d], -1)
+        idle = along if free is None else free.movedim(d, 0).reshape(tensor.shape[d], -1)
+        drop = (along | idle).all(1) & along.any(1)
         # The removed positions must be whole slices along one axis.
-        if bool((along.all(1) | ~along.any(1)).all()) and along.any():
-            keep = (~along.all(1)).nonzero().flatten()
+        if bool((drop | ~along.any(1)).all()) and drop.any():
+            keep = (~drop).nonzero().flatten()
             return tensor.detach().index_select(d, keep).clone()
     raise RuntimeError(f"parameter '{name}' would lose positions that do not form whole slices")
 
