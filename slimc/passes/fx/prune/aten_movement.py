@@ -170,12 +170,16 @@ class AtenIndex(Handler):
 
 class AtenReduce(Handler):
     """mean / sum / amax / var over axes. Over a channel axis with keepdim (RMSNorm's mean of
-    squares) the result is a per-position statistic: channels stay prunable, as with layer_norm."""
+    squares; F.normalize's linalg_vector_norm, whose `dim` comes after `ord`) the result is a per-position
+    statistic: channels stay prunable, as with layer_norm."""
+
+    def __init__(self, dim_position: int = 1):
+        self.dim_position = dim_position
 
     def propagate(self, ctx):
         lab = _lab(ctx, 0)
-        dims = _val(ctx, 1, "dim", None)
-        keepdim = bool(_val(ctx, 2, "keepdim", False))
+        dims = _val(ctx, self.dim_position, "dim", None)
+        keepdim = bool(_val(ctx, self.dim_position + 1, "keepdim", False))
         if dims is None or not isinstance(ctx.out, torch.Tensor) or (isinstance(dims, (list, tuple)) and not dims):
             return Opaque("reduces over every axis").propagate(ctx)
         dims = sorted({d % lab.dim() for d in ((dims,) if isinstance(dims, int) else dims)}, reverse=True)
@@ -194,9 +198,20 @@ class AtenReduce(Handler):
             return lab.expand(ctx.out.shape)
         for d in dims:
             lab = lab.narrow(d, 0, 1) if keepdim else lab.select(d, 0)
-        if over_channels:
+        if over_channels and not self._per_group(c, dims):
             return untracked(ctx.out.shape)
         return lab.expand(ctx.out.shape)
+
+
+    @staticmethod
+    def _per_group(c, dims) -> bool:
+        """A statistic over a channel axis that other channel axes index (F.normalize of q over head_dim: one
+        norm per head) keeps their atoms: the result is tied to the reduced positions' first one, so those
+        positions leave together (whole heads) and the rest follows the statistic. A statistic over every
+        channel axis (RMSNorm) stays a per-position one, untracked."""
+        rest = [d for d in range(c.dim()) if d not in dims and c.shape[d] > 1
+                and not torch.equal(c, c.narrow(d, 0, 1).expand_as(c))]
+        return bool(rest)
 
 
 class AtenLabelOp(Handler):
@@ -219,6 +234,8 @@ class AtenSlice(Handler):
         whole = not select and ctx.out.shape[dim] == lab.shape[dim]
         if not select:  # GhostNet's out[:, :self.out_chs]: the width it keeps
             _record_literals(ctx, out, [ctx.out.shape[dim]], [dim])
+        if not whole and not select and self._tie_equal_pieces(ctx, lab, dim):
+            return out
         if not whole:
             t, desc = ctx.tracker, ctx.describe()
             others = [d for d in range(lab.dim()) if d != dim]
@@ -229,6 +246,29 @@ class AtenSlice(Handler):
                     t.pin(lab, f"{desc} picks channels by position")
             t.constraints.append(check)
         return out
+
+    @staticmethod
+    def _tie_equal_pieces(ctx, lab, dim) -> bool:
+        """A slice that is exactly the i-th of k equal pieces of a channel axis (torchvision Swin V2's
+        `qkv_bias[length:2 * length]` with `length = numel() // 3`, the k of a fused q/k/v bias): the pieces
+        are tied position by position, as chunk(k) ties them, so each keeps the same positions and the
+        slice, sized from the new total at run time, still picks its piece."""
+        n, step = lab.shape[dim], _val(ctx, 4, "step", 1)
+        start, end = _val(ctx, 2, "start", None), _val(ctx, 3, "end", None)
+        c = compact(lab)
+        if step != 1 or not all(isinstance(v, int) or v is None for v in (start, end)) or not c.numel() \
+                or c.shape[dim] < 2 or not bool((c >= 0).any()):  # only a channel axis: spatial slices as before
+            return False
+        start = 0 if start is None else (start + n if start < 0 else min(start, n))
+        end = n if end is None else (end + n if end < 0 else min(end, n))
+        width = end - start
+        if width <= 0 or n % width or start % width or n // width < 2:
+            return False
+        pieces = torch.split(lab, width, dim)
+        why = f"{ctx.describe()} takes one of {n // width} equal pieces"
+        for piece in pieces[1:]:
+            ctx.tracker.union(compact(pieces[0]), compact(piece), why)
+        return True
 
 
 class AtenPad(Handler):

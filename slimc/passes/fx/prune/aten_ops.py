@@ -261,7 +261,7 @@ def _register() -> None:
             "randn_like", "log_sigmoid", "logit", "exp2", "expm1", "log1p", "trunc", "frac", "fmod", "remainder",
             "floor_divide", "threshold", "prelu", "_prelu_kernel", "isnan", "isinf", "nan_to_num", "hardshrink",
             "softshrink", "tanhshrink", "sinh", "cosh", "atan", "mul_", "pow_", "log2", "clip", "conj",
-            "_assert_tensor_metadata"):
+            "_assert_tensor_metadata", "zero_", "zero", "fill_"):
         register_builtin(p, pointwise)
     register_builtin(aten.native_dropout, AtenTupleOut(pointwise))
     for p in _packets("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "scalar_tensor", "arange",
@@ -303,6 +303,8 @@ def _register() -> None:
     reduce = AtenReduce()
     for p in _packets("mean", "sum", "amax", "amin", "var", "std", "logsumexp"):
         register_builtin(p, reduce)
+    for p in _packets("linalg_vector_norm", "norm"):
+        register_builtin(p, AtenReduce(dim_position=2))
 
 
 _register()

@@ -329,6 +329,16 @@ def _groups(tracker: Tracker, class_of: torch.Tensor, a, b) -> list[ChannelGroup
         if valid.numel():
             for g in group_of[valid].unique().tolist():
                 members.setdefault(g, []).append(f"{key[0]}:{key[1]}")
+    # A unit's width is its widest producer's: round-to and min-channels then speak of the main layer, not of
+    # a narrow one that happens to run first (Swin V2's cpb_mlp, one channel per head, before its qkv).
+    widest: dict[int, int] = {}
+    for _, module, slot in tracker.producers:
+        atoms = tracker.slots[(module, slot)]
+        atoms = atoms[atoms >= 0]
+        if atoms.numel():
+            g, cls = int(group_of[atoms[0]]), class_of[atoms]
+            w = tracker.widths.get((module, slot), max(1, cls.numel() // max(1, cls.unique().numel())))
+            widest[g] = max(widest.get(g, 1), w)
     groups, seen = [], set()
     for name, module, slot in tracker.producers:
         atoms = tracker.slots[(module, slot)]
@@ -341,7 +351,7 @@ def _groups(tracker: Tracker, class_of: torch.Tensor, a, b) -> list[ChannelGroup
         seen.add(g)
         cls = class_of[atoms]
         classes = _first_occurrence(cls)
-        width = tracker.widths.get((module, slot), max(1, cls.numel() // max(1, classes.numel())))
+        width = widest[g]
         pinned = pinned_class[classes]
         reasons = tuple(group_reasons.get(g, ())) if bool(pinned.any()) else ()
         taken = {x.name for x in groups}
