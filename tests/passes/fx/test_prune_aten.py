@@ -323,3 +323,26 @@ def test_grouped_conv_with_few_wide_groups_is_cut_inside_every_group_alike():
     assert pruned[3].groups == 2 and pruned[3].in_channels == 8 and pruned[3].out_channels == 16
     assert pruned[3].weight.shape == (16, 4, 3, 3)
     assert pruned[6].groups == 16 and pruned[6].out_channels == 32  # narrow groups: whole groups go
+
+
+class _SlowWhenCut(nn.Module):
+    """Raises TimeoutError (as a caller's SIGALRM would) when run at a cut width."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3)
+
+    def forward(self, x):
+        if self.a.out_channels < 16:
+            raise TimeoutError("over the caller's time limit")
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_time_limit_during_the_check_run_is_not_taken_for_a_failing_module():
+    from slimc.passes.fx.prune_channels import PruneChannels
+
+    model = _SlowWhenCut().eval()
+    program = Program(model, (torch.randn(1, 3, 8, 8),), ("x",), ("y",), original=model)
+    with pytest.raises(TimeoutError):  # not retried with the module kept whole, not wrapped as a broken model
+        PruneChannels(ratio=0.5, round_to=1, min_channels=1).apply(program)
+    assert model.a.out_channels == 16
