@@ -18,31 +18,15 @@ import torch.nn as nn
 from slimc.ir.program import Program
 from slimc.passes.fx.prune import choose_removals, unit_scores
 from slimc.passes.fx.prune.aten_graph import analyze_module
-from slimc.passes.fx.prune.module_cut import _tensor, cut_module
-from slimc.passes.fx.prune.shrink import Cut
+from slimc.passes.fx.prune.module_cut import cut_module
 from slimc.passes.fx.prune_channels import PruneChannels, PruneWarning
+from support import zero_removed_channels
 
 torchvision = pytest.importorskip("torchvision")
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def zero_removed(analysis, removed) -> None:
-    """Make every removed channel exactly 0 where it is produced (weights, biases, norm affine)."""
-    cut = Cut(analysis, removed)
-    producers = {(m, s) for _, m, s in analysis.tracker.producers}
-    with torch.no_grad():
-        for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if fqn.endswith(("#in", "#all")):
-                continue
-            t = _tensor(analysis.module, fqn)
-            idx = cut.removed_at(atoms).nonzero().flatten()
-            if idx.numel() and isinstance(t, nn.Parameter) and ((fqn, axis) in producers or t.dim() == 1):
-                t.index_fill_(axis, idx, 0.0)
-        for fqn, label in analysis.tracker.params.items():
-            _tensor(analysis.module, fqn).masked_fill_(cut.removed_at(label), 0.0)
 
 
 def check_exact(model: nn.Module, *inputs, ratio=0.5, atol=1e-5):
@@ -52,7 +36,7 @@ def check_exact(model: nn.Module, *inputs, ratio=0.5, atol=1e-5):
     scores, _ = unit_scores(analysis, "random", seed=0)
     removed = choose_removals(analysis.groups, scores, ratio, "local", 1, 1)
     assert removed, "nothing was pruned"
-    zero_removed(analysis, removed)
+    zero_removed_channels(analysis, removed)
     before = n_params(model)
     with torch.no_grad():
         want = model(*inputs)
