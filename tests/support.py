@@ -163,3 +163,23 @@ def check_same_function(before, after, seeds=(7, 8), rel: float = 1e-6) -> None:
     for seed in seeds:
         feeds = feeds_for(before, seed)
         assert_outputs_close(ort_run(before, feeds), ort_run(after, feeds), rel=rel)
+
+
+def zero_removed_channels(analysis, removed) -> None:
+    """On an ATen-level prune analysis: make every removed channel exactly 0 where it is produced (weights,
+    biases, norm affine) and removed table entries 0, so removing them changes no output."""
+    from slimc.passes.fx.prune.module_cut import _tensor
+    from slimc.passes.fx.prune.shrink import Cut
+
+    cut = Cut(analysis, removed)
+    producers = {(m, s) for _, m, s in analysis.tracker.producers}
+    with torch.no_grad():
+        for (fqn, axis), atoms in analysis.tracker.slots.items():
+            if fqn.endswith(("#in", "#all")):
+                continue
+            t = _tensor(analysis.module, fqn)
+            idx = cut.removed_at(atoms).nonzero().flatten()
+            if idx.numel() and isinstance(t, nn.Parameter) and ((fqn, axis) in producers or t.dim() == 1):
+                t.index_fill_(axis, idx, 0.0)
+        for fqn, label in analysis.tracker.params.items():
+            _tensor(analysis.module, fqn).masked_fill_(cut.removed_at(label), 0.0)

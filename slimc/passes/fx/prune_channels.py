@@ -201,6 +201,8 @@ class PruneChannels(Pass):
         try:
             with torch.no_grad():
                 out = module(*example_inputs)
+        except TimeoutError:  # the caller's time limit, not a broken model
+            raise
         except Exception as exc:  # a size the analysis missed: say where, do not return a broken model
             raise SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}). Put the layers involved in "
@@ -229,6 +231,8 @@ class PruneChannels(Pass):
         unshare(gm, program.ir)
         try:
             got = output_shapes(gm, program.example_inputs)
+        except TimeoutError:  # the caller's time limit, not a broken model
+            raise
         except Exception as exc:  # a rewrite the analysis missed: say where, do not return a broken model
             raise SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}). Put the layers involved in "

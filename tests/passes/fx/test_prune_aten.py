@@ -18,31 +18,15 @@ import torch.nn as nn
 from slimc.ir.program import Program
 from slimc.passes.fx.prune import choose_removals, unit_scores
 from slimc.passes.fx.prune.aten_graph import analyze_module
-from slimc.passes.fx.prune.module_cut import _tensor, cut_module
-from slimc.passes.fx.prune.shrink import Cut
+from slimc.passes.fx.prune.module_cut import cut_module
 from slimc.passes.fx.prune_channels import PruneChannels, PruneWarning
+from support import zero_removed_channels
 
 torchvision = pytest.importorskip("torchvision")
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
-
-
-def zero_removed(analysis, removed) -> None:
-    """Make every removed channel exactly 0 where it is produced (weights, biases, norm affine)."""
-    cut = Cut(analysis, removed)
-    producers = {(m, s) for _, m, s in analysis.tracker.producers}
-    with torch.no_grad():
-        for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if fqn.endswith(("#in", "#all")):
-                continue
-            t = _tensor(analysis.module, fqn)
-            idx = cut.removed_at(atoms).nonzero().flatten()
-            if idx.numel() and isinstance(t, nn.Parameter) and ((fqn, axis) in producers or t.dim() == 1):
-                t.index_fill_(axis, idx, 0.0)
-        for fqn, label in analysis.tracker.params.items():
-            _tensor(analysis.module, fqn).masked_fill_(cut.removed_at(label), 0.0)
 
 
 def check_exact(model: nn.Module, *inputs, ratio=0.5, atol=1e-5):
@@ -52,7 +36,7 @@ def check_exact(model: nn.Module, *inputs, ratio=0.5, atol=1e-5):
     scores, _ = unit_scores(analysis, "random", seed=0)
     removed = choose_removals(analysis.groups, scores, ratio, "local", 1, 1)
     assert removed, "nothing was pruned"
-    zero_removed(analysis, removed)
+    zero_removed_channels(analysis, removed)
     before = n_params(model)
     with torch.no_grad():
         want = model(*inputs)
@@ -323,3 +307,26 @@ def test_grouped_conv_with_few_wide_groups_is_cut_inside_every_group_alike():
     assert pruned[3].groups == 2 and pruned[3].in_channels == 8 and pruned[3].out_channels == 16
     assert pruned[3].weight.shape == (16, 4, 3, 3)
     assert pruned[6].groups == 16 and pruned[6].out_channels == 32  # narrow groups: whole groups go
+
+
+class _SlowWhenCut(nn.Module):
+    """Raises TimeoutError (as a caller's SIGALRM would) when run at a cut width."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3)
+
+    def forward(self, x):
+        if self.a.out_channels < 16:
+            raise TimeoutError("over the caller's time limit")
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_time_limit_during_the_check_run_is_not_taken_for_a_failing_module():
+    from slimc.passes.fx.prune_channels import PruneChannels
+
+    model = _SlowWhenCut().eval()
+    program = Program(model, (torch.randn(1, 3, 8, 8),), ("x",), ("y",), original=model)
+    with pytest.raises(TimeoutError):  # not retried with the module kept whole, not wrapped as a broken model
+        PruneChannels(ratio=0.5, round_to=1, min_channels=1).apply(program)
+    assert model.a.out_channels == 16

@@ -21,9 +21,9 @@ from slimc.ir.program import Program
 from slimc.passes.fx.prune import choose_removals, unit_scores
 from slimc.passes.fx.prune.aten_graph import analyze_module
 from slimc.passes.fx.prune.module_attrs import update_module_attributes
-from slimc.passes.fx.prune.module_cut import _tensor, cut_module
-from slimc.passes.fx.prune.shrink import Cut
+from slimc.passes.fx.prune.module_cut import cut_module
 from slimc.passes.fx.prune_channels import PruneChannels
+from support import zero_removed_channels
 
 
 # ---- modules shaped like timm's -------------------------------------------------------------
@@ -137,20 +137,6 @@ class CspLike(nn.Module):
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-def _zero_removed(analysis, removed) -> None:
-    """Every removed channel exactly 0 where it is produced, so removing it changes nothing."""
-    cut = Cut(analysis, removed)
-    producers = {(m, s) for _, m, s in analysis.tracker.producers}
-    with torch.no_grad():
-        for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if fqn.endswith(("#in", "#all")):
-                continue
-            t = _tensor(analysis.module, fqn)
-            idx = cut.removed_at(atoms).nonzero().flatten()
-            if idx.numel() and isinstance(t, nn.Parameter) and ((fqn, axis) in producers or t.dim() == 1):
-                t.index_fill_(axis, idx, 0.0)
-
-
 def cut_exactly(model: nn.Module, x: torch.Tensor, seed=0):
     """Cut random units of every group at ratio 0.5 from a copy; it must equal the zeroed original."""
     model = copy.deepcopy(model).eval()
@@ -158,7 +144,7 @@ def cut_exactly(model: nn.Module, x: torch.Tensor, seed=0):
     scores, _ = unit_scores(analysis, "random", seed=seed)
     removed = choose_removals(analysis.groups, scores, 0.5, "local", 1, 1)
     assert removed
-    _zero_removed(analysis, removed)
+    zero_removed_channels(analysis, removed)
     before = sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         want = model(x)

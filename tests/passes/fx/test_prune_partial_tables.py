@@ -19,9 +19,10 @@ from slimc.ir.program import Program
 from slimc.passes.fx.prune import choose_removals, unit_scores
 from slimc.passes.fx.prune.aten_graph import analyze_module
 from slimc.passes.fx.prune.labels import rows
-from slimc.passes.fx.prune.module_cut import _tensor, cut_module
-from slimc.passes.fx.prune.shrink import Cut, _cut_param
+from slimc.passes.fx.prune.module_cut import cut_module
+from slimc.passes.fx.prune.shrink import _cut_param
 from slimc.passes.fx.prune_channels import PruneChannels
+from support import zero_removed_channels
 
 
 class PartialTableAttention(nn.Module):
@@ -44,29 +45,13 @@ class PartialTableAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
 
 
-def _zero_removed(analysis, removed) -> None:
-    """Make every removed channel exactly 0 where it is produced, and removed table entries 0."""
-    cut = Cut(analysis, removed)
-    producers = {(m, s) for _, m, s in analysis.tracker.producers}
-    with torch.no_grad():
-        for (fqn, axis), atoms in analysis.tracker.slots.items():
-            if fqn.endswith(("#in", "#all")):
-                continue
-            t = _tensor(analysis.module, fqn)
-            idx = cut.removed_at(atoms).nonzero().flatten()
-            if idx.numel() and isinstance(t, nn.Parameter) and ((fqn, axis) in producers or t.dim() == 1):
-                t.index_fill_(axis, idx, 0.0)
-        for fqn, label in analysis.tracker.params.items():
-            _tensor(analysis.module, fqn).masked_fill_(cut.removed_at(label), 0.0)
-
-
 def test_a_partly_read_bias_table_loses_whole_head_columns_and_the_cut_is_exact():
     torch.manual_seed(0)
     model, x = PartialTableAttention().eval(), torch.randn(2, 4, 32)
     analysis = analyze_module(model, (x,))
     scores, _ = unit_scores(analysis, "random", seed=0)
     removed = choose_removals(analysis.groups, scores, 0.5, "local", 1, 1)
-    _zero_removed(analysis, removed)
+    zero_removed_channels(analysis, removed)
     with torch.no_grad():
         want = model(x)
     cut_module(analysis, removed)

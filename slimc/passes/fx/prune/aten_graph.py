@@ -364,6 +364,8 @@ def failing_module(module: torch.nn.Module, run) -> tuple[str | None, Exception 
     try:
         run()
         return None, None
+    except TimeoutError:  # the caller's time limit (a sweep's alarm), not a failure of the cut model
+        raise
     except Exception as exc:  # noqa: BLE001 - reported to the caller
         deepest[0] = stack[-1] if stack else None
         return deepest[0], exc
