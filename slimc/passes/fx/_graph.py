@@ -30,10 +30,27 @@ def set_submodule(root, qualname: str, new) -> None:
 def private_copy(gm, share_weights: bool = True):
     """A copy of `gm` with private modules. With `share_weights` its tensors are still the caller's
     until `unshare`: passes that cut layers replace most of them, so copying them first is waste."""
-    if not share_weights:
-        return copy.deepcopy(gm)
-    memo = {id(t): t for t in list(gm.parameters()) + list(gm.buffers())}
+    memo = _derived_tensors(gm)
+    if share_weights:
+        memo.update({id(t): t for t in list(gm.parameters()) + list(gm.buffers())})
     return copy.deepcopy(gm, memo)
+
+
+def _derived_tensors(gm) -> dict:
+    """Tensors computed from parameters and kept in plain attributes (timm LeViT's `attention_bias_cache`,
+    filled by a forward pass with grad on) are not graph leaves and cannot be deep-copied: the copy gets
+    them detached."""
+    import torch
+
+    memo = {}
+    for m in gm.modules():
+        for value in vars(m).values():
+            items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                else (value,)
+            for t in items:
+                if isinstance(t, torch.Tensor) and not t.is_leaf:
+                    memo[id(t)] = t.detach()
+    return memo
 
 
 def unshare(gm, original) -> None:

@@ -330,3 +330,31 @@ def test_a_time_limit_during_the_check_run_is_not_taken_for_a_failing_module():
     with pytest.raises(TimeoutError):  # not retried with the module kept whole, not wrapped as a broken model
         PruneChannels(ratio=0.5, round_to=1, min_channels=1).apply(program)
     assert model.a.out_channels == 16
+
+
+class _CachesDerivedTensor(nn.Module):
+    """Keeps a tensor computed from a parameter in a plain dict, as timm's LeViT caches its attention biases."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3)
+        self.scale = nn.Parameter(torch.ones(4, 1, 1))
+        self.cache = {}
+
+    def forward(self, x):
+        if "s" not in self.cache:
+            self.cache["s"] = self.scale * 2  # not a graph leaf: deepcopy refuses it
+        return self.b(torch.relu(self.a(x))) * self.cache["s"]
+
+
+def test_a_module_caching_a_derived_tensor_prunes():
+    from slimc.passes.fx.prune_channels import PruneChannels
+
+    model = _CachesDerivedTensor().eval()
+    x = torch.randn(1, 3, 8, 8)
+    model(x)  # fills the cache with grad on
+    program = Program(model, (x,), ("x",), ("y",), original=model)
+    result = PruneChannels(ratio=0.5, round_to=1, min_channels=1).apply(program)
+    assert result.program.ir.a.out_channels == 8 and model.a.out_channels == 16
+    with torch.no_grad():
+        assert result.program.ir(x).shape == model(x).shape == (1, 4, 4, 4)
