@@ -27,6 +27,17 @@ __all__ = ["PruneChannels", "PruneWarning"]
 _MAX_RETRIES = 8  # cuts retried with one more module kept whole
 
 
+def _does_not_run(exc: Exception) -> SlimcError:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: {first}). Put the "
+                      "layers involved in ignore=..., or register a handler for the op that was not followed.")
+
+
+def _shapes_changed(want, got) -> SlimcError:
+    return SlimcError(f"prune-channels changed the output shapes from {want} to {got}; this is a bug in a prune "
+                      "handler. Use ignore=... on the last layers meanwhile.")
+
+
 class PruneWarning(UserWarning):
     """prune-channels removed much less than asked; the message names what held the channels."""
 
@@ -204,15 +215,12 @@ class PruneChannels(Pass):
         except TimeoutError:  # the caller's time limit, not a broken model
             raise
         except Exception as exc:  # a size the analysis missed: say where, do not return a broken model
-            raise SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}). Put the layers involved in "
-                             f"ignore=..., or register a handler for the op that was not followed.") from exc
+            raise _does_not_run(exc) from exc
         got = tuple(tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor))
         want = tuple(s for s in tree_leaves(reference, is_leaf=lambda x: isinstance(x, tuple) and all(
             isinstance(i, int) for i in x)) if isinstance(s, tuple))
         if got != want:
-            raise SlimcError(f"prune-channels changed the output shapes from {want} to {got}; "
-                             "this is a bug in a prune handler. Use ignore=... on the last layers meanwhile.")
+            raise _shapes_changed(want, got)
 
     def _apply_traced(self, program) -> PassResult:
         from .prune import analyze, apply_cut, choose_removals, unit_scores
@@ -234,12 +242,9 @@ class PruneChannels(Pass):
         except TimeoutError:  # the caller's time limit, not a broken model
             raise
         except Exception as exc:  # a rewrite the analysis missed: say where, do not return a broken model
-            raise SlimcError(f"prune-channels produced a model that does not run ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}). Put the layers involved in "
-                             f"ignore=..., or register a handler for the op that was not followed.") from exc
+            raise _does_not_run(exc) from exc
         if got != reference:
-            raise SlimcError(f"prune-channels changed the output shapes from {reference} to {got}; "
-                             "this is a bug in a prune handler. Use ignore=... on the last layers meanwhile.")
+            raise _shapes_changed(reference, got)
         details = self._details(analysis, removed, notes, params_before, sum(p.numel() for p in gm.parameters()))
         details["frontend"] = "torch.fx.symbolic_trace graph"
         details["layers_changed"] = len(changed)
